@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from specbench.io import atomic_write_text
+from specbench.targets.launch import lockstep_batches
 
 
 def chat_prompt_ids(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:
@@ -49,19 +50,30 @@ def generate_responses(
     batch_size: int = 16,
     through_eos: bool = False,
     progress=None,
-) -> list[list[int]]:
+    shard: tuple[int, int] = (0, 1),
+    synced_gpus: bool = False,
+) -> list[list[int] | None]:
     """Sample a response per prompt from the raw target distribution (no top-k/top-p).
 
     ``temperature == 0`` is greedy. Responses end at the tokenizer's EOS token, which is
     kept, so drafts learn to predict the end of a turn; with ``through_eos`` generation runs
     on past EOS for all ``max_new_tokens`` (the look-ahead that T=0 replay needs).
+
+    ``shard=(rank, world)``: this rank generates every ``world``-th batch (batches are formed
+    and seeded globally, so the samples do not depend on ``world``) and returns ``None`` for
+    the other ranks' prompts. ``synced_gpus`` (ZeRO-3 over several ranks): every rank runs
+    the same number of ``generate`` calls, padding with a discarded repeat of batch 0.
     """
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    out: list[list[int]] = []
+    device = next(model.parameters()).device
+    result: list[list[int] | None] = [None] * len(prompt_ids)
     # sort by length so each left-padded batch wastes little compute; restore order after
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    for bi, idx in enumerate(_batches(order, batch_size)):
+    batches = list(enumerate(_batches(order, batch_size)))
+    rank, world = shard
+    done = 0
+    for (bi, idx), real in lockstep_batches(batches, rank, world, pad=synced_gpus):
         width = max(len(prompt_ids[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -79,19 +91,21 @@ def generate_responses(
         gen_cfg.eos_token_id = None if through_eos else eos
         gen_cfg.pad_token_id = pad
         gen = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
             min_new_tokens=max_new_tokens if through_eos else 0,
             generation_config=gen_cfg,
+            synced_gpus=synced_gpus,
             **sampling,
         )
-        out.extend(gen[r, width:].tolist() for r in range(len(idx)))
+        if not real:  # a lockstep filler: ran only to keep the ZeRO-3 ranks in step
+            continue
+        for r, i in enumerate(idx):
+            result[i] = gen[r, width:].tolist()
+        done += len(idx)
         if progress:
-            progress(len(out), len(prompt_ids))
-    result: list[list[int]] = [[] for _ in prompt_ids]
-    for pos, i in enumerate(order):
-        result[i] = out[pos]
+            progress(done, len(prompt_ids))
     return result
 
 

@@ -41,14 +41,24 @@ class PromptStats:
 
 @torch.no_grad()
 def expected_tau_by_prompt(
-    draft: Draft, cache: FeatureCache, k: int, temperature: float, batch_size: int = 8
+    draft: Draft,
+    cache: FeatureCache,
+    k: int,
+    temperature: float,
+    batch_size: int = 8,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[int, PromptStats]:
-    """Teacher-forced expected τ summed per prompt over every response start position."""
-    t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size)
+    """Teacher-forced expected τ summed per prompt over every response start position.
+
+    Runs on the draft's device. ``shard=(rank, world)``: only every ``world``-th batch.
+    """
+    device = draft.device
+    t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size).to(device)
     stats: dict[int, PromptStats] = {}
-    for start in range(0, len(cache), batch_size):
+    rank, world = shard
+    for start in range(rank * batch_size, len(cache), world * batch_size):
         idx = list(range(start, min(start + batch_size, len(cache))))
-        batch = cache.batch(idx)
+        batch = {key: v.to(device) for key, v in cache.batch(idx).items()}
         st = align(draft, batch, k, t2d)
         argmax_in_draft = t2d[st.target_argmax]
         alpha = acceptance_probs(st.logits, st.target_logprobs, argmax_in_draft, temperature)
@@ -85,10 +95,16 @@ def live_tau_by_prompt(
     seed: int,
     runner=None,
     eos_token_id: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[int, PromptStats]:
-    """Live speculative decoding (T>0, needs ``runner``) or exact T=0 replay (no target)."""
+    """Live speculative decoding (T>0, needs ``runner``) or exact T=0 replay (no target).
+
+    ``shard=(rank, world)``: only every ``world``-th prompt; each prompt has its own random
+    stream, so the union over ranks equals one process's result.
+    """
     out: dict[int, PromptStats] = {}
-    for i in range(min(n_prompts, len(cache))):
+    rank, world = shard
+    for i in range(rank, min(n_prompts, len(cache)), world):
         seq = cache.sequence(i)
         pid, m = int(seq["prompt_index"]), int(seq["prompt_len"])
         if temperature == 0:

@@ -41,6 +41,8 @@ def replay_greedy(
     continuation generated *through* EOS, ``max_new_tokens + k`` tokens past the prompt.
     """
     t0 = time.perf_counter()
+    device = getattr(draft, "device", features.device)
+    features, draft_to_target = features.to(device), draft_to_target.to(device)
     tokens = tokens.tolist()
     end = len(tokens)
     res = DecodeResult(tokens=[], k=k, reached=[0] * k, accepted_at=[0] * k, alpha_sum=[0.0] * k)
@@ -48,7 +50,7 @@ def replay_greedy(
     m = prompt_len
     emitted = [tokens[m]]  # the first token comes from the target's prefill
     # the prompt's positions, each paired with the token that follows it
-    session.extend(features[:m], torch.tensor(tokens[1 : m + 1]))
+    session.extend(features[:m], torch.tensor(tokens[1 : m + 1], device=device))
     c = m  # tokens[c] is the last emitted token; the target has processed tokens[:c]
     stop = eos_token_id is not None and tokens[m] == eos_token_id
     while not stop and len(emitted) < max_new_tokens:
@@ -77,7 +79,7 @@ def replay_greedy(
         res.emitted.append(len(keep))
         emitted += keep
         if not stop and len(emitted) < max_new_tokens:
-            session.extend(features[c : c + accepted + 1], torch.tensor(new))
+            session.extend(features[c : c + accepted + 1], torch.tensor(new, device=device))
         c += accepted + 1
     res.tokens = emitted[:max_new_tokens]
     res.wall_seconds = time.perf_counter() - t0

@@ -200,7 +200,8 @@ def speculative_decode(
     t0 = _sync(dev)
     res.target_seconds += t0 - t_start
     first = torch.tensor(res.tokens, device=dev)
-    session.extend(step.features[0], torch.cat([prompt[1:], first]))
+    # drafts were trained on the cache's fp32 features, whatever the target's dtype
+    session.extend(step.features[0].float(), torch.cat([prompt[1:], first]))
     res.draft_seconds += _sync(dev) - t0
 
     while len(res.tokens) < max_new_tokens and res.tokens[-1] != eos_token_id:
@@ -255,7 +256,7 @@ def speculative_decode(
         assert cache.get_seq_length() == committed, "KV cache out of step with the tokens"
         t1 = _sync(dev)
         nxt = torch.tensor(res.tokens[-(n_acc + 1) :], device=dev)
-        session.extend(step.features[0, : n_acc + 1], nxt)
+        session.extend(step.features[0, : n_acc + 1].float(), nxt)
         res.target_seconds += t1 - t0
         res.draft_seconds += _sync(dev) - t1
 

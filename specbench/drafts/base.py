@@ -118,6 +118,11 @@ class Draft(nn.Module):
         raise NotImplementedError
 
     # -- bookkeeping ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the draft's parameters live (its inputs are moved there)."""
+        return next(self.parameters()).device
+
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

@@ -110,6 +110,19 @@ def compute_features(
     }
 
 
+def concat_caches(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One cache from caches of consecutive runs of sequences (same draft vocabulary)."""
+    if not parts:
+        raise ValueError("no cache parts to concatenate")
+    per_position = ("features", "logprobs", "target_argmax", "input_ids", "loss_mask")
+    per_sequence = ("prompt_len", "prompt_index")
+    out = {k: torch.cat([p[k] for p in parts]) for k in per_position + per_sequence}
+    lengths = torch.cat([p["offsets"].diff() for p in parts])
+    out["offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    out["draft_to_target"] = parts[0]["draft_to_target"]
+    return out
+
+
 def save_cache(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     """Write the cache atomically (a killed run leaves no half-written file behind)."""
     tmp = tmp_path_for(path)

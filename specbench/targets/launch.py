@@ -25,13 +25,17 @@ from __future__ import annotations
 import atexit
 import importlib
 import os
+import shutil
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from specbench.io import tmp_path_for
 
 T = TypeVar("T")
 _LIVE: list[Any] = []  # engines (and configs) that must outlive the returned modules
@@ -84,6 +88,38 @@ def init_distributed(cpu_shm_comm: bool = False) -> tuple[int, int]:
     return rank_and_world()
 
 
+def rank_device() -> torch.device:
+    """This rank's accelerator (``cuda:LOCAL_RANK``), or the CPU where there is none."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def gather_to_rank0(obj: T, parts_dir: str | Path) -> list[T] | None:
+    """Every rank's ``obj``, in rank order, on rank 0 (``None`` on the others).
+
+    Goes through files in ``parts_dir`` (on a filesystem all ranks see) rather than a
+    collective: feature caches run to hundreds of GB at paper scale, far past what
+    ``gather_object`` pickles comfortably through NCCL. Rank 0 deletes the parts once read.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    parts = Path(parts_dir)
+    parts.mkdir(parents=True, exist_ok=True)
+    mine = parts / f"rank{rank}.pt"
+    torch.save(obj, tmp_path_for(mine))
+    tmp_path_for(mine).replace(mine)
+    dist.barrier()
+    if rank != 0:
+        dist.barrier()  # rank 0 reads the parts before anyone moves on
+        return None
+    out = [torch.load(parts / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    shutil.rmtree(parts, ignore_errors=True)
+    dist.barrier()
+    return out
+
+
 def keep_alive(*objects: Any) -> None:
     """Hold references (DeepSpeed engines) until :func:`shutdown`."""
     _LIVE.extend(objects)
@@ -98,18 +134,23 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def lockstep_batches(items: Sequence[T], rank: int, world: int) -> list[tuple[T, bool]]:
+def lockstep_batches(
+    items: Sequence[T], rank: int, world: int, pad: bool = True
+) -> list[tuple[T, bool]]:
     """This rank's share of ``items`` (round robin), padded so all ranks get equally many.
 
     Returns ``(item, is_real)`` pairs; padding repeats ``items[0]`` with ``is_real=False``:
     run the forward on it like on any other item (that keeps the ranks in step), then
-    discard its result. Every rank gets ``ceil(len(items) / world)`` pairs.
+    discard its result. Every rank gets ``ceil(len(items) / world)`` pairs. ``pad=False``
+    (ranks that need not stay in step, e.g. full replicas) returns the share alone.
     """
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside world of size {world}")
     if not items:
         return []
     share = [(item, True) for item in items[rank::world]]
+    if not pad:
+        return share
     per_rank = -(-len(items) // world)
     return share + [(items[0], False)] * (per_rank - len(share))
 

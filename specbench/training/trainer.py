@@ -52,8 +52,8 @@ def align(draft: Draft, batch: dict, num_steps: int, t2d: torch.Tensor, generato
         batch["features"], batch["input_ids"], batch["attention_mask"], num_steps, generator
     )
     anchors = out.anchors  # [B, A]
-    b_idx = torch.arange(anchors.shape[0])[:, None, None]
-    k = torch.arange(1, num_steps + 1)[None, None, :]
+    b_idx = torch.arange(anchors.shape[0], device=anchors.device)[:, None, None]
+    k = torch.arange(1, num_steps + 1, device=anchors.device)[None, None, :]
     pos = anchors[:, :, None] + k  # position whose next-token distribution step k matches
     width = batch["input_ids"].shape[1]
     in_range = pos + 1 < width
@@ -88,10 +88,24 @@ def acceptance_by_position(st: StepTargets) -> torch.Tensor:
     return (alpha * m).sum(0) / m.sum(0).clamp(min=1)
 
 
-def train_draft(draft: Draft, loss_fn, cache: FeatureCache, s: TrainSettings, log=print) -> list:
-    """Optimise ``draft`` for ``s.steps`` steps; returns per-step records for the train log."""
+def train_draft(
+    draft: Draft,
+    loss_fn,
+    cache: FeatureCache,
+    s: TrainSettings,
+    log=print,
+    device: torch.device | str | None = None,
+) -> list:
+    """Optimise ``draft`` for ``s.steps`` steps; returns per-step records for the train log.
+
+    ``device``: where the draft and its batches go (the cache stays in host memory and each
+    batch is copied over); default the draft's own device. The batch sampling stream lives
+    on the CPU, so a seed draws the same sequences and anchors on every device.
+    """
+    device = torch.device(device) if device is not None else next(draft.parameters()).device
+    draft.to(device)
     gen = torch.Generator().manual_seed(s.seed)
-    t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size)
+    t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size).to(device)
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
     records, t0 = [], time.perf_counter()
@@ -101,7 +115,8 @@ def train_draft(draft: Draft, loss_fn, cache: FeatureCache, s: TrainSettings, lo
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(cache), (s.batch_size,), generator=gen).tolist()
-        st = align(draft, cache.batch(idx), s.num_steps, t2d, gen)
+        batch = {k: v.to(device, non_blocking=True) for k, v in cache.batch(idx).items()}
+        st = align(draft, batch, s.num_steps, t2d, gen)
         loss = loss_fn(
             draft_logits=st.logits,
             target_logits=st.target_logprobs,
@@ -115,7 +130,7 @@ def train_draft(draft: Draft, loss_fn, cache: FeatureCache, s: TrainSettings, lo
         alpha = acceptance_by_position(st)
         rec = {
             "step": step,
-            "loss": float(loss),
+            "loss": loss.item(),
             "lr": lr,
             "grad_norm": float(grad_norm),
             "seconds": time.perf_counter() - t0,
