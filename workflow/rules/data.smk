@@ -18,7 +18,7 @@ rule responses:
         prompts=f"{R}/data/prompts/{{domain}}.json",
         target=target_source,
     output:
-        f"{R}/data/responses/{{target}}/{{split}}/{{domain}}.jsonl",
+        responses=f"{R}/data/responses/{{target}}/{{split}}/{{domain}}.jsonl",
     log:
         f"{R}/logs/responses/{{target}}/{{split}}/{{domain}}.log",
     params:
@@ -61,7 +61,7 @@ rule features:
         vocab=f"{R}/data/vocab/{{target}}.json",
         target=target_source,
     output:
-        f"{R}/features/{{target}}/{{split}}/{{name}}.safetensors",
+        cache=f"{R}/features/{{target}}/{{split}}/{{name}}.safetensors",
     log:
         f"{R}/logs/features/{{target}}/{{split}}/{{name}}.log",
     params:

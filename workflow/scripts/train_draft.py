@@ -12,6 +12,7 @@ from specbench.io import atomic_write_text  # noqa: E402
 from specbench.losses import build as build_loss  # noqa: E402
 from specbench.targets.features import FeatureCache  # noqa: E402
 from specbench.targets.info import target_info_from_checkpoint  # noqa: E402
+from specbench.targets.launch import rank_device  # noqa: E402
 from specbench.training.trainer import TrainSettings, train_draft  # noqa: E402
 
 cfg = setup(snakemake)
@@ -35,9 +36,10 @@ settings = TrainSettings(
     seed=seed,
 )
 print(f"{arch} ({draft.num_trainable_parameters():,} trainable params) loss={loss} seed={seed}")
-print(f"cache: {len(cache)} sequences, {cache.num_tokens} positions")
+print(f"cache: {len(cache)} sequences, {cache.num_tokens} positions, device {rank_device()}")
 t0 = time.time()
-records = train_draft(draft, build_loss(loss), cache, settings)
+device = rank_device()  # the job's GPU (resources: gpu=1), else the CPU
+records = train_draft(draft, build_loss(loss), cache, settings, device=device)
 out = Path(snakemake.output.model).parent
 atomic_write_text(snakemake.output.log_csv, pd.DataFrame(records).to_csv(index=False))
 draft.save(out)  # model.safetensors last: its presence means the draft is complete

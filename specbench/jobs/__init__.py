@@ -1,0 +1,110 @@
+"""The pipeline's target-running jobs, launchable on one process or on N ranks.
+
+A Snakemake rule that runs the target (``responses``, ``features``, ``evaluate_draft``)
+asks for ``resources: gpu=N`` (the target's ``gpus``). Its script turns the ``snakemake``
+object into a :class:`Job` and calls :func:`launch`, which
+
+* runs the stage in the script's own process when ``N <= 1`` (the embedded default), or
+* writes the job to a JSON file next to the rule's log and starts ``N`` ranks on this node
+  with torchrun (``python -m torch.distributed.run --standalone --nproc_per_node N -m
+  specbench.jobs JOB.json``). Each rank takes a share of the prompts (by whole batches, so
+  results do not depend on N), rank 0 gathers and writes the outputs atomically.
+
+Under ZeRO-3 the N ranks hold one partitioned target and run their forwards in lockstep
+(:mod:`specbench.targets.launch`); with ``engine: hf`` each rank holds a full replica.
+Without a GPU the ranks run on the CPU with gloo, which is how the tests run this path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("responses", "features", "evaluate")
+
+
+@dataclass
+class Job:
+    """Everything a stage reads: the raw config and the rule's wildcards, files and params."""
+
+    stage: str
+    config: dict[str, Any]
+    wildcards: dict[str, str]
+    input: dict[str, Any]
+    output: dict[str, str]
+    params: dict[str, Any] = field(default_factory=dict)
+    log: str = ""
+    threads: int = 1
+    ranks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown job stage {self.stage!r}; valid: {list(STAGES)}")
+
+    @classmethod
+    def from_snakemake(cls, smk: Any, stage: str) -> Job:
+        """The job of a ``script:`` rule; ``resources.gpu`` sets the number of ranks."""
+        named = lambda nl: {k: (list(v) if isinstance(v, list) else v) for k, v in nl.items()}  # noqa: E731
+        return cls(
+            stage=stage,
+            config=dict(smk.config),
+            wildcards=dict(smk.wildcards.items()),
+            input=named(smk.input),
+            output=named(smk.output),
+            params={k: v for k, v in smk.params.items() if k != "settings"},
+            log=str(smk.log[0]) if smk.log else "",
+            threads=int(smk.threads),
+            ranks=max(1, int(getattr(smk.resources, "gpu", 0) or 0)),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Job:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def run_stage(job: Job) -> None:
+    """Run ``job`` in this process (one rank of however many the launcher started)."""
+    import importlib
+
+    importlib.import_module(f"specbench.jobs.{job.stage}").run(job)
+
+
+def launcher_command(job_files: list[Path], ranks: int) -> list[str]:
+    """torchrun on this node: ``ranks`` processes, each running the jobs one after another."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",  # a private rendezvous on a free local port: jobs may share a node
+        f"--nproc_per_node={ranks}",
+        "-m",
+        "specbench.jobs",
+        *map(str, job_files),
+    ]
+
+
+def launch(job: Job) -> None:
+    """Run ``job`` here (one rank) or under torchrun on ``job.ranks`` ranks; raise if it fails."""
+    if job.ranks <= 1:
+        run_stage(job)
+        return
+    job_file = Path(job.log or job.output[next(iter(job.output))]).with_suffix(".job.json")
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    job.save(job_file)
+    cmd = launcher_command([job_file], job.ranks)
+    print("launching:", " ".join(cmd), flush=True)
+    # the ranks inherit this process's stdout/stderr, which is the rule's log
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, job.threads // job.ranks))}
+    done = subprocess.run(cmd, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{job.stage}: {job.ranks} ranks exited with {done.returncode}")
+    job_file.unlink(missing_ok=True)

@@ -1,0 +1,22 @@
+"""One rank of a launched job: ``python -m specbench.jobs JOB.json [JOB.json ...]``.
+
+Started by torchrun (see :func:`specbench.jobs.launch`); several job files run one after the
+other in the same process group.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from specbench.jobs import Job, run_stage
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        raise SystemExit("usage: python -m specbench.jobs JOB.json [JOB.json ...]")
+    for path in argv:
+        run_stage(Job.load(path))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

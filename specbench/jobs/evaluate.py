@@ -1,0 +1,115 @@
+"""Stage ``evaluate``: expected τ and live/replayed τ of one draft, every domain × temperature.
+
+Each rank takes every ``world``-th cache batch (expected τ) and every ``world``-th prompt
+(live decoding, one random stream per prompt), so the tables do not depend on the number of
+ranks; rank 0 gathers them. Under ZeRO-3 the target is wrapped in :class:`Lockstep`, so ranks
+that decode different numbers of rounds still run their forwards in step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from specbench.decoding.evaluate import PromptStats, expected_tau_by_prompt, live_tau_by_prompt
+from specbench.drafts import load_draft
+from specbench.io import atomic_write_text
+from specbench.jobs import Job
+from specbench.jobs.common import start
+from specbench.targets.features import FeatureCache
+from specbench.targets.info import target_info_from_checkpoint
+from specbench.targets.launch import Lockstep, gather_to_rank0
+from specbench.targets.loading import load_tokenizer
+from specbench.targets.runner import TargetRunner
+
+Cell = tuple[int, str]  # (temperature, domain)
+
+
+def _cache_path(caches: list[str], split: str, domain: str) -> str:
+    want = Path(split) / f"{domain}.safetensors"
+    return next(c for c in caches if Path(c).as_posix().endswith(want.as_posix()))
+
+
+def run(job: Job) -> None:
+    ctx = start(job)
+    cfg, wc = ctx.cfg, job.wildcards
+    model = ctx.target()
+    lockstep = ctx.zero3 and ctx.world > 1
+    runner = TargetRunner(Lockstep(model) if lockstep else model)
+    eos = load_tokenizer(job.params["model"]).eos_token_id
+    first = FeatureCache(job.input["caches"][0])
+    info = target_info_from_checkpoint(job.params["model"], first.draft_to_target)
+    draft = load_draft(Path(job.input["draft"]).parent, info).to(ctx.device).eval()
+    k = min(cfg.eval.k_for(wc["arch"]), draft.max_steps or 10**9)
+    shard = (ctx.rank, ctx.world)
+    mine: dict[Cell, tuple[dict[int, PromptStats], dict[int, PromptStats]]] = {}
+    for temperature in cfg.temperatures:
+        split = "eval_t1" if temperature == 1 else "eval_t0"
+        for domain in cfg.domains:
+            cache = FeatureCache(_cache_path(job.input["caches"], split, domain))
+            exp = expected_tau_by_prompt(draft, cache, k, float(temperature), shard=shard)
+            live = live_tau_by_prompt(
+                draft,
+                cache,
+                # T=0 replays the cached greedy path without the target: every prompt is cheap
+                len(cache) if temperature == 0 else cfg.eval.live_prompts,
+                k,
+                float(temperature),
+                cfg.eval.live_new_tokens,
+                int(wc["seed"]),
+                runner=runner,
+                eos_token_id=eos,
+                shard=shard,
+            )
+            mine[(temperature, domain)] = (exp, live)
+            ctx.say(f"{domain} T={temperature}: rank 0: {len(exp)} expected, {len(live)} live")
+    if lockstep:
+        runner.model.drain()  # keep answering the other ranks' forwards until all are done
+    parts = gather_to_rank0(mine, f"{job.output['metrics']}.parts")
+    if parts is None:
+        return
+    rows = []
+    for temperature in cfg.temperatures:
+        for domain in cfg.domains:
+            exp = {pid: s for p in parts for pid, s in p[(temperature, domain)][0].items()}
+            live = {pid: s for p in parts for pid, s in p[(temperature, domain)][1].items()}
+            rows += _rows(domain, temperature, exp, live)
+            ctx.say(f"{domain} T={temperature}: {len(exp)} prompts expected, {len(live)} live")
+    write_outputs(job, rows, k, draft, info, cfg.temperatures, cfg.domains)
+
+
+def _rows(domain: str, temperature: int, exp: dict, live: dict) -> list[dict]:
+    rows = []
+    for pid in sorted(exp):
+        row = {"domain": domain, "temperature": temperature, **asdict(exp[pid])}
+        if pid in live:
+            lv = asdict(live[pid])
+            row.update({key: lv[key] for key in lv if key not in ("anchors", "tau_expected_sum")})
+        rows.append(row)
+    return rows
+
+
+def write_outputs(job: Job, rows: list[dict], k: int, draft, info, temperatures, domains) -> None:
+    """``per_prompt.csv`` (per-position counts as flat columns) and ``metrics.json``."""
+    df = pd.DataFrame(rows)
+    for j in range(k):
+        at = lambda v, j=j: v[j] if isinstance(v, list) else 0  # noqa: E731 (no live run: 0)
+        df[f"reached_{j + 1}"] = df["reached"].map(at)
+        df[f"accepted_{j + 1}"] = df["accepted_at"].map(at)
+    df = df.drop(columns=["reached", "accepted_at"])
+    wc = job.wildcards
+    meta = {
+        "target": wc["target"],
+        "draft_arch": wc["arch"],
+        "loss": job.params["loss"],
+        "seed": int(wc["seed"]),
+        "k_eval": k,
+        "draft_params": draft.num_trainable_parameters(),
+        "cost_ratio": draft.flops_per_step() / info.target_flops_per_token,
+        "cells": [{"domain": d, "temperature": t} for t in temperatures for d in domains],
+    }
+    atomic_write_text(job.output["per_prompt"], df.to_csv(index=False))
+    atomic_write_text(job.output["metrics"], json.dumps(meta, indent=1))

@@ -1,0 +1,59 @@
+"""Stage ``features``: run the target once over a split and cache what drafts train on.
+
+Each rank takes every ``world``-th batch of sequences (the batches are the ones a single
+process would form, so the cache does not depend on the number of ranks); rank 0 gathers
+the parts and writes one cache, atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from specbench.data.generate import read_jsonl
+from specbench.jobs import Job
+from specbench.jobs.common import start
+from specbench.targets.features import Sequence, compute_features, concat_caches, save_cache
+from specbench.targets.launch import gather_to_rank0, lockstep_batches
+from specbench.targets.runner import TargetRunner
+
+
+def read_sequences(paths: list[str], merged: bool) -> list[Sequence]:
+    """The responses of one or more domains; ``merged`` renumbers prompts to stay unique."""
+    seqs = []
+    for path in paths:
+        for r in read_jsonl(path):
+            pid = len(seqs) if merged else r["prompt_index"]
+            look = r.get("lookahead_ids", [])
+            seqs.append(Sequence(r["prompt_ids"], r["response_ids"], pid, look))
+    return seqs
+
+
+def run(job: Job) -> None:
+    ctx = start(job)
+    out = job.output["cache"]
+    d2t = torch.tensor(json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"])
+    seqs = read_sequences(job.input["responses"], merged=job.wildcards["split"] == "train")
+    runner = TargetRunner(ctx.target())
+    size = ctx.cfg.data.feature_batch_size
+    batches = list(enumerate(seqs[i : i + size] for i in range(0, len(seqs), size)))
+    t0 = time.time()
+    mine = {}
+    shares = lockstep_batches(batches, ctx.rank, ctx.world, pad=ctx.zero3)
+    for n, ((bi, batch), real) in enumerate(shares):
+        part = compute_features(runner, batch, d2t, batch_size=size)
+        if real:  # a lockstep filler ran only to keep the ZeRO-3 ranks in step
+            mine[bi] = part
+        ctx.say(f"  rank 0: {n + 1}/{len(shares)} batches")
+    parts = gather_to_rank0(mine, f"{out}.parts")
+    if parts is None:
+        return
+    merged = {bi: part for p in parts for bi, part in p.items()}
+    tensors = concat_caches([merged[bi] for bi, _ in batches])
+    save_cache(tensors, out)
+    n = int(tensors["input_ids"].numel())
+    secs = time.time() - t0
+    ctx.say(f"cached {len(seqs)} sequences, {n} positions, {ctx.world} ranks, {secs:.0f}s")
