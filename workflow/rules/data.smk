@@ -1,5 +1,5 @@
 rule prompts:
-    """Disjoint train/eval prompts of a domain, from offline sources."""
+    """Disjoint train/eval prompts of a domain: offline sources, or data.sources datasets."""
     output:
         f"{R}/data/prompts/{{domain}}.json",
     log:

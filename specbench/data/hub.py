@@ -1,0 +1,186 @@
+"""Prompt sources read with Hugging Face ``datasets``: the paper's Infinity-Instruct and GSM8K.
+
+A ``data.sources`` entry of the config (:class:`specbench.config.DatasetSource`) replaces the
+offline default of one domain's train or eval prompts (:mod:`specbench.data.sources`).
+
+How much is read. The split is opened as an Arrow table that ``datasets`` memory-maps from disk
+(a hub dataset is downloaded and converted once, into ``$HF_HOME/datasets``; a local data file is
+converted there too; a ``save_to_disk`` folder is mapped as it is). Nothing is read into memory
+up front: rows are then read in slices of :data:`SLICE_ROWS`, in stored order or in a seeded
+permutation of the row indices (``shuffle_seed``; 8 bytes per row, 56 MB for Infinity-Instruct's
+7M rows), only the text and filter columns, until ``n`` prompts are found. Streaming mode is not
+used: it needs the network on every read, and our compute nodes have none.
+
+Determinism: the same source, ``n`` and ``seed`` give the same prompts (the permutation is
+numpy's, seeded with ``shuffle_seed + seed``). Rows without a usable text, rows that fail the
+filter and repeated prompts are skipped; prompts are stripped of surrounding whitespace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from specbench.config import DatasetSource
+from specbench.data.sources import EVAL_SOURCES, TRAIN_SOURCES, eval_prompts, train_prompts
+
+DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+USER_ROLES = ("human", "user")
+SLICE_ROWS = 1024
+
+
+def missing_dataset_message(source: DatasetSource, reason: str) -> str:
+    """What to do when a configured dataset cannot be loaded without the network."""
+    name, config = source.dataset, source.config
+    load = f"datasets.load_dataset({name!r}, {config!r}, split={source.split!r})"
+    return (
+        f"cannot load the prompt dataset {source.describe()}: {reason}\n"
+        "Jobs run without network, so the dataset must already be on disk. Either:\n"
+        f"  1. on a machine with network: `huggingface-cli download --repo-type dataset {name} "
+        "--local-dir DIR` (`hf download ...` with huggingface_hub >= 1.0), then set "
+        "`dataset: DIR` in the config (keep `config:`);\n"
+        f"  2. or there, with the jobs' HF_HOME on a shared filesystem, run "
+        f'`python -c "import datasets; {load}"` once, and start the jobs with '
+        "HF_DATASETS_OFFLINE=1 (they read the copy prepared in $HF_HOME/datasets);\n"
+        "  3. or point `dataset:` at a local .jsonl/.json/.parquet/.csv file or a folder "
+        "written by Dataset.save_to_disk.\n"
+        "See docs/cluster.md, 'Prompt datasets'."
+    )
+
+
+def _looks_local(dataset: str) -> bool:
+    """A path, not a hub id (hub ids are ``name`` or ``namespace/name``)."""
+    return dataset.startswith(("/", ".", "~")) or dataset.count("/") > 1
+
+
+def _from_disk(datasets: Any, path: Path, source: DatasetSource) -> Any:
+    """A ``save_to_disk`` folder: a Dataset as it is, or the split of a DatasetDict."""
+    saved = datasets.load_from_disk(str(path))
+    if isinstance(saved, datasets.DatasetDict):
+        if source.split not in saved:
+            raise ValueError(f"{source.describe()}: no split {source.split!r}; has {list(saved)}")
+        return saved[source.split]
+    return saved
+
+
+def open_dataset(source: DatasetSource) -> Any:
+    """The ``datasets.Dataset`` (memory-mapped Arrow) of a source's split.
+
+    Raises FileNotFoundError with download instructions when the data is not on disk.
+    """
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            "data.sources needs the `datasets` package: pip install -e '.[hub]'"
+        ) from err
+    path = Path(source.dataset).expanduser()
+    builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
+    if builder is not None:
+        if not path.is_file():
+            raise FileNotFoundError(missing_dataset_message(source, f"no file {path}"))
+        files = {source.split: str(path)}
+        return datasets.load_dataset(builder, data_files=files, split=source.split)
+    if path.is_dir():
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            return _from_disk(datasets, path, source)
+        return datasets.load_dataset(str(path), source.config, split=source.split)
+    if _looks_local(source.dataset):
+        raise FileNotFoundError(missing_dataset_message(source, f"no file or folder {path}"))
+    try:
+        return datasets.load_dataset(source.dataset, source.config, split=source.split)
+    except (ConnectionError, FileNotFoundError) as err:  # no network, not cached, or no such id
+        reason = f"{type(err).__name__}: {err}"
+        raise FileNotFoundError(missing_dataset_message(source, reason)) from err
+
+
+def _content_text(content: Any) -> str | None:
+    """Text of a chat turn's content: a string, or OpenAI-style parts ``[{"type": "text"}]``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "\n".join(p for p in parts if isinstance(p, str)) or None
+    return None
+
+
+def prompt_text(value: Any) -> str | None:
+    """The prompt in one cell: the string itself, or a chat's first human/user turn.
+
+    Chats are lists of ``{"from": "human"|"gpt", "value": ...}`` (ShareGPT, Infinity-Instruct)
+    or ``{"role": "user"|"assistant", "content": ...}`` (OpenAI). None when there is no text.
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, list):
+        raise ValueError(f"expected a string or a list of chat turns, got {type(value).__name__}")
+    for turn in value:
+        if not isinstance(turn, dict):
+            raise ValueError(f"chat turns must be mappings, got {type(turn).__name__}")
+        role = turn.get("from") if turn.get("from") is not None else turn.get("role")
+        if role in USER_ROLES:
+            text = turn.get("value") if turn.get("value") is not None else turn.get("content")
+            return _content_text(text)
+    return None
+
+
+def load_prompts(source: DatasetSource, n: int, seed: int = 0) -> list[str]:
+    """The first ``n`` distinct prompts of a source, in stored or seeded-shuffled order.
+
+    ``seed`` is added to ``source.shuffle_seed`` (ignored when that is None). Raises ValueError
+    when fewer than ``n`` usable prompts exist, FileNotFoundError when the data is not on disk.
+    """
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    ds = open_dataset(source)
+    columns = [source.field, *source.filter]
+    missing = [c for c in columns if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{source.describe()}: no column(s) {missing}; has {ds.column_names}")
+    ds = ds.select_columns(list(dict.fromkeys(columns)))
+    if source.shuffle_seed is not None:
+        ds = ds.shuffle(seed=source.shuffle_seed + seed, keep_in_memory=True)
+    prompts: list[str] = []
+    seen: set[str] = set()
+    for start in range(0, len(ds), SLICE_ROWS):
+        rows = ds[start : start + SLICE_ROWS]
+        for i, value in enumerate(rows[source.field]):
+            if any(rows[col][i] != want for col, want in source.filter.items()):
+                continue
+            try:
+                text = prompt_text(value)
+            except ValueError as err:
+                raise ValueError(f"{source.describe()}: row {start + i}: {err}") from None
+            text = (text or "").strip()
+            if text and text not in seen:
+                seen.add(text)
+                prompts.append(text)
+                if len(prompts) == n:
+                    return prompts
+    raise ValueError(
+        f"{source.describe()}: only {len(prompts)} usable distinct prompts in {len(ds)} rows "
+        f"(after the filter {source.filter or 'none'}), asked for {n}"
+    )
+
+
+def split_prompts(
+    domain: str, split: str, n: int, source: DatasetSource | None, seed: int = 0
+) -> tuple[list[str], str]:
+    """Prompts of one domain's split and the name of their source.
+
+    The configured ``source`` wins; None keeps the offline default of :mod:`sources`.
+    """
+    if source is not None:
+        return load_prompts(source, n, seed), source.describe()
+    if split == "train":
+        return train_prompts(domain, n, seed), TRAIN_SOURCES[domain]
+    if split == "eval":
+        return eval_prompts(domain, n), EVAL_SOURCES[domain]
+    raise ValueError(f"unknown split {split!r}; valid: ['train', 'eval']")
+
+
+def drop_overlap(train: list[str], eval_: list[str]) -> tuple[list[str], int]:
+    """Training prompts that are not evaluation prompts, and how many were dropped."""
+    held_out = set(eval_)
+    kept = [p for p in train if p not in held_out]
+    return kept, len(train) - len(kept)
