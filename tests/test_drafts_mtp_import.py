@@ -142,3 +142,44 @@ def test_dense_block_imports_what_maps(release):
     expected |= {"block.input_layernorm.weight", "block.post_attention_layernorm.weight"}
     assert imported == expected
     assert "block.self_attn.kv_b_proj.weight" in draft.import_report.skipped
+
+
+def test_freeze_experts_trains_everything_but_the_released_experts(release, tmp_path):
+    """``freeze_experts``: experts keep their released weights; attention, router, shared
+    expert and projections still learn; the hparam survives save/load."""
+    from specbench.drafts import load_draft
+    from specbench.losses import build as build_loss
+
+    info, sd, _ = release
+    full = build_draft("mtp", with_release(info, sd))
+    draft = build_draft("mtp", with_release(info, sd), freeze_experts=True)
+    experts = {n: p.detach().clone() for n, p in draft.named_parameters() if ".experts." in n}
+    others = {n: p.detach().clone() for n, p in draft.named_parameters() if p.requires_grad}
+    assert experts and not any(n in others for n in experts)
+    frozen = sum(p.numel() for p in experts.values())
+    assert draft.num_trainable_parameters() == full.num_trainable_parameters() - frozen
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, V, (2, L), generator=g)
+    feats = torch.randn(2, L, 4, D, generator=g)
+    out = draft.forward_train(feats, ids, torch.ones(2, L, dtype=torch.bool), 2)
+    target = torch.log_softmax(torch.randn(out.logits.shape, generator=g), -1)
+    rows = out.logits.reshape(-1, 2, VD)
+    mask = torch.ones(rows.shape[:2], dtype=torch.bool)
+    loss = build_loss("kl")(draft_logits=rows, target_logits=target.reshape(rows.shape), mask=mask)
+    opt = torch.optim.SGD([p for p in draft.parameters() if p.requires_grad], lr=0.1)
+    loss.backward()
+    opt.step()
+    after = dict(draft.named_parameters())
+    assert all(torch.equal(after[n], t) for n, t in experts.items())
+    assert any(not torch.equal(after[n], t) for n, t in others.items())
+    draft.save(tmp_path)
+    loaded = load_draft(tmp_path, info)
+    assert loaded.hparams["freeze_experts"] is True
+    assert loaded.num_trainable_parameters() == draft.num_trainable_parameters()
+    assert all(torch.equal(p, after[n]) for n, p in loaded.named_parameters())
+
+
+def test_freeze_experts_needs_experts(release):
+    info, _, _ = release
+    with pytest.raises(ValueError, match="freeze_experts needs the deepseek_v3 block"):
+        build_draft("mtp", info, block="llama", freeze_experts=True)

@@ -68,7 +68,14 @@ class MTP(RecurrentDraft):
     """MTP draft. Hparams: ``block`` ("auto" | "llama" | "deepseek_v3", default "auto");
     ``intermediate_size`` of the llama block's FFN (default: the target's dense width);
     ``train_anchors`` (default None = all positions; see
-    :class:`~specbench.drafts.recurrent.RecurrentDraft`)."""
+    :class:`~specbench.drafts.recurrent.RecurrentDraft`); ``freeze_experts`` (deepseek_v3
+    block): keep the routed experts at their (released) weights and fine-tune the rest.
+
+    Why ``freeze_experts``: DeepSeek-V3's MTP layer holds 256 routed experts, 11.3e9 of its
+    ~11.6e9 parameters. AdamW on all of them needs ~16 bytes each (fp32 weight, gradient,
+    two moments): ~185 GB, more than one GPU. Frozen, they cost their 45 GB of fp32 weights
+    and the ~0.35e9 trainable parameters (MLA attention, router, shared expert, ``eh_proj``,
+    norms) ~6 GB of optimizer state: one 80 GB GPU."""
 
     max_steps = None
 
@@ -78,6 +85,7 @@ class MTP(RecurrentDraft):
         block: str = "auto",
         intermediate_size: int | None = None,
         train_anchors: int | None = None,
+        freeze_experts: bool = False,
     ) -> None:
         hf_config = info.extra.get("hf_config")
         if block not in BLOCKS:
@@ -88,7 +96,17 @@ class MTP(RecurrentDraft):
         if block == "deepseek_v3" and hf_config is None:
             raise ValueError("mtp block 'deepseek_v3' needs extra['hf_config'] (target config)")
         intermediate_size = int(intermediate_size or info.intermediate_size)
-        super().__init__(info, train_anchors, block=block, intermediate_size=intermediate_size)
+        if freeze_experts and block != "deepseek_v3":
+            raise ValueError(
+                "mtp freeze_experts needs the deepseek_v3 block (a dense block has none)"
+            )
+        super().__init__(
+            info,
+            train_anchors,
+            block=block,
+            intermediate_size=intermediate_size,
+            freeze_experts=freeze_experts,
+        )
         d, eps = info.hidden_size, info.rms_norm_eps
         self.enorm = RMSNorm(d, eps=eps)
         self.hnorm = RMSNorm(d, eps=eps)
@@ -104,6 +122,8 @@ class MTP(RecurrentDraft):
         self.import_report: ImportReport | None = None
         if info.mtp_state_dict is not None:
             self.import_report = import_mtp_state_dict(self, info.mtp_state_dict)
+        if freeze_experts:
+            self.block.mlp.experts.requires_grad_(False)
 
     def initial_hidden(self, features: torch.Tensor) -> torch.Tensor:
         return features[..., LAST, :]
