@@ -12,7 +12,7 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
 
 from specbench.drafts import build_draft
 from specbench.drafts.base import LAST, TargetInfo
-from specbench.targets.fp8 import dequantize_fp8_weight
+from specbench.targets.quantized import dequantize_fp8_weight
 from specbench.targets.tiny import tiny_deepseek_v3_config
 
 V, VD, D, L, E, I = 50, 30, 32, 10, 4, 16  # vocabs, hidden, length, experts, expert width

@@ -219,9 +219,10 @@ def test_fp8_checkpoint_dequantized(single):
 def test_fp8_conversion_equals_transformers_dequantizer(models, tmp_path):
     from transformers import AutoModelForCausalLM, FineGrainedFP8Config
 
-    from specbench.targets.zero3 import dequantize_fp8_checkpoint, fp8_block_size
+    from specbench.targets.quantized import fp8_block_size
+    from specbench.targets.zero3 import dequantize_checkpoint
 
-    out = dequantize_fp8_checkpoint(models["fp8"], tmp_path / "bf16")
+    out = dequantize_checkpoint(models["fp8"], tmp_path / "bf16")
     assert fp8_block_size(json.loads((out / "config.json").read_text())) is None
     ours = AutoModelForCausalLM.from_pretrained(out).state_dict()
     ref = AutoModelForCausalLM.from_pretrained(
@@ -231,6 +232,67 @@ def test_fp8_conversion_equals_transformers_dequantizer(models, tmp_path):
     assert ours.keys() == ref.keys()
     for key, value in ref.items():  # transformers keeps some unquantized tensors in float32
         assert torch.equal(ours[key].float(), value.float()), key
+
+
+def save_fake_mxfp4(src: Path, dst: Path) -> Path:
+    """gpt-oss-style MXFP4 copy of ``src``: expert matrices as e2m1 blocks + e8m0 scales."""
+    from safetensors.torch import load_file, save_file
+
+    dst.mkdir(parents=True)
+    g = torch.Generator().manual_seed(3)
+    out = {}
+    for key, w in load_file(src / "model.safetensors").items():
+        if not key.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            out[key] = w.bfloat16()
+            continue
+        experts, cols, rows = w.shape  # stored [E, rows, cols/32, 16]: two values per byte
+        out[key + "_blocks"] = torch.randint(0, 256, (experts, rows, cols // 32, 16), generator=g)
+        out[key + "_blocks"] = out[key + "_blocks"].to(torch.uint8)
+        out[key + "_scales"] = torch.randint(122, 128, (experts, rows, cols // 32), generator=g)
+        out[key + "_scales"] = out[key + "_scales"].to(torch.uint8)
+    save_file(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                   "model.embed_tokens", "lm_head"],
+    }  # fmt: skip
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+def test_mxfp4_conversion_equals_transformers_dequantizer(models, tmp_path):
+    """gpt-oss ships MXFP4 experts: the converted checkpoint loads to exactly what
+    transformers' ``Mxfp4Config(dequantize=True)`` loads, and ZeRO-3 then detects no
+    quantization left to convert."""
+    from transformers import AutoModelForCausalLM, Mxfp4Config
+
+    from specbench.targets.quantized import quant_method
+    from specbench.targets.zero3 import dequantize_checkpoint
+
+    src = save_fake_mxfp4(models["gpt_oss"], tmp_path / "mxfp4")
+    assert quant_method(json.loads((src / "config.json").read_text())) == "mxfp4"
+    out = dequantize_checkpoint(src, tmp_path / "bf16")
+    assert quant_method(json.loads((out / "config.json").read_text())) is None
+    ours = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).state_dict()
+    ref = AutoModelForCausalLM.from_pretrained(
+        src, dtype=torch.bfloat16, quantization_config=Mxfp4Config(dequantize=True)
+    ).state_dict()
+    assert ours.keys() == ref.keys()
+    experts = [k for k in ref if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert len(experts) == 4 and all(ref[k].abs().max() > 0 for k in experts)
+    for key, value in ref.items():
+        assert torch.equal(ours[key].float(), value.float()), key
+
+
+def test_unsupported_quantization_is_named(tmp_path):
+    from specbench.targets.zero3 import dequantize_checkpoint
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"quantization_config": {"quant_method": "gptq"}})
+    )
+    with pytest.raises(ValueError, match=r"one of \('fp8', 'mxfp4'\)"):
+        dequantize_checkpoint(tmp_path, tmp_path / "out")
 
 
 def test_dequantize_fp8_weight_partial_blocks():

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from specbench.targets.fp8 import dequantize_fp8_weight
+from specbench.targets.quantized import dequantize_fp8_weight
 
 SHARED_WITH_TARGET = ("embed_tokens.", "shared_head.head.")
 TOP_LEVEL = ("enorm.", "hnorm.", "eh_proj.")

@@ -13,9 +13,9 @@ gather parameters, the cache holds activations). The traps, and how they are han
   calls them;
 * every rank must run the same number of forwards: see :mod:`specbench.targets.launch`
   (``lockstep_batches``, ``Lockstep``); with ``generate()`` pass ``synced_gpus=True``;
-* FP8 checkpoints (DeepSeek-V3) are dequantized to bf16 once, shard by shard, into a plain
-  checkpoint (:func:`dequantize_fp8_checkpoint`) that then loads like any other. transformers'
-  own ``FineGrainedFP8Config(dequantize=True)`` is not used: quantized models bypass
+* quantized checkpoints (DeepSeek-V3's FP8, gpt-oss's MXFP4 experts) are dequantized to bf16
+  once, shard by shard, into a plain checkpoint (:func:`dequantize_checkpoint`) that then
+  loads like any other. transformers' own ``dequantize=True`` configs are not used: they bypass
   ``zero.Init``, so every rank would first materialise the whole 685B model in host memory;
 * ZeRO-3 modules hold empty placeholders for parameters: use :func:`zero3_target_info`, not
   ``target_info_from_model``, to hand a draft the target's embedding and LM head.
@@ -31,18 +31,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from specbench.targets.fp8 import (
-    DONE_MARKER,
-    dequantize_fp8_checkpoint,
-    dequantize_fp8_weight,
-    fp8_block_size,
-)
 from specbench.targets.launch import init_distributed, keep_alive, lockstep_batches, shutdown
+from specbench.targets.quantized import (
+    DONE_MARKER,
+    dequantize_checkpoint,
+    dequantize_fp8_weight,
+    quant_method,
+)
 
 __all__ = [
     "MOE_LEAF_CLASSES",
     "build_ds_config",
-    "dequantize_fp8_checkpoint",
+    "dequantize_checkpoint",
     "dequantize_fp8_weight",
     "load_zero3_target",
     "lockstep_batches",
@@ -121,7 +121,7 @@ def load_zero3_target(
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     rank, _ = init_distributed(cpu_shm_comm=bool(zero3.get("cpu_shm_comm", False)))
-    path = _dequantized_if_fp8(name_or_path, zero3.get("dequantized_dir"), rank)
+    path = _dequantized_if_quantized(name_or_path, zero3.get("dequantized_dir"), rank)
     hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 (referenced while loading)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -158,8 +158,8 @@ def zero3_target_info(model: nn.Module, draft_to_target: torch.Tensor | None = N
     return info
 
 
-def _dequantized_if_fp8(name_or_path: str, dequantized_dir: str | None, rank: int) -> str:
-    """The checkpoint to load: ``name_or_path``, or its bf16 copy if it is FP8.
+def _dequantized_if_quantized(name_or_path: str, dequantized_dir: str | None, rank: int) -> str:
+    """The checkpoint to load: ``name_or_path``, or its bf16 copy if it is FP8 or MXFP4.
 
     Rank 0 converts once; the other ranks wait for the completion marker (a file, not a
     collective, because converting 685B takes longer than any collective timeout). A
@@ -167,7 +167,7 @@ def _dequantized_if_fp8(name_or_path: str, dequantized_dir: str | None, rank: in
     """
     from transformers import AutoConfig
 
-    if fp8_block_size(AutoConfig.from_pretrained(name_or_path)) is None:
+    if quant_method(AutoConfig.from_pretrained(name_or_path)) is None:
         return name_or_path
     local = Path(name_or_path)
     if dequantized_dir:
@@ -181,15 +181,17 @@ def _dequantized_if_fp8(name_or_path: str, dequantized_dir: str | None, rank: in
             from huggingface_hub import snapshot_download
 
             local = Path(snapshot_download(name_or_path))
-        dequantize_fp8_checkpoint(local, dst)
+        dequantize_checkpoint(local, dst)
     while not (dst / DONE_MARKER).exists():
         time.sleep(5)
     return str(dst)
 
 
-if __name__ == "__main__":  # python -m specbench.targets.zero3 SRC DST: convert an FP8 ckpt
+if __name__ == "__main__":  # python -m specbench.targets.zero3 SRC DST: convert a checkpoint
     import sys
 
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m specbench.targets.zero3 FP8_CHECKPOINT_DIR BF16_OUTPUT_DIR")
-    print(dequantize_fp8_checkpoint(sys.argv[1], sys.argv[2]))
+        sys.exit(
+            "usage: python -m specbench.targets.zero3 QUANTIZED_CHECKPOINT_DIR BF16_OUTPUT_DIR"
+        )
+    print(dequantize_checkpoint(sys.argv[1], sys.argv[2]))
