@@ -28,6 +28,7 @@ class TrainSettings:
     grad_clip: float
     num_steps: int  # K draft positions
     seed: int
+    micro_batch_size: int | None = None  # None: the whole batch in one forward/backward
 
 
 @dataclass
@@ -88,6 +89,42 @@ def acceptance_by_position(st: StepTargets) -> torch.Tensor:
     return (alpha * m).sum(0) / m.sum(0).clamp(min=1)
 
 
+def accumulate_gradients(
+    draft: Draft,
+    loss_fn,
+    cache: FeatureCache,
+    idx: list[int],
+    s: TrainSettings,
+    t2d: torch.Tensor,
+    gen: torch.Generator,
+    device: torch.device,
+) -> tuple[float, torch.Tensor]:
+    """Backward one batch (the sequences ``idx``) in micro-batches; return (loss, α by step).
+
+    Each micro-batch's loss is scaled by its share of the batch, so the accumulated gradient
+    is the mean of the micro-batch gradients. As across data-parallel ranks, per-position
+    means and batch statistics (LK^λ's ᾱ, TVD++'s μ) are then taken per micro-batch; with
+    ``micro_batch_size`` unset the whole batch is one micro-batch and nothing changes.
+    """
+    size = s.micro_batch_size or len(idx)
+    loss_sum, alpha_sum = 0.0, 0.0
+    for start in range(0, len(idx), size):
+        part = idx[start : start + size]
+        batch = {k: v.to(device, non_blocking=True) for k, v in cache.batch(part).items()}
+        st = align(draft, batch, s.num_steps, t2d, gen)
+        loss = loss_fn(
+            draft_logits=st.logits,
+            target_logits=st.target_logprobs,
+            mask=st.mask,
+            labels=st.labels,
+        )
+        share = len(part) / len(idx)
+        (loss * share).backward()
+        loss_sum += loss.item() * share
+        alpha_sum = alpha_sum + acceptance_by_position(st) * share
+    return loss_sum, alpha_sum
+
+
 def train_draft(
     draft: Draft,
     loss_fn,
@@ -115,22 +152,13 @@ def train_draft(
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(cache), (s.batch_size,), generator=gen).tolist()
-        batch = {k: v.to(device, non_blocking=True) for k, v in cache.batch(idx).items()}
-        st = align(draft, batch, s.num_steps, t2d, gen)
-        loss = loss_fn(
-            draft_logits=st.logits,
-            target_logits=st.target_logprobs,
-            mask=st.mask,
-            labels=st.labels,
-        )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, alpha = accumulate_gradients(draft, loss_fn, cache, idx, s, t2d, gen, device)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
         opt.step()
-        alpha = acceptance_by_position(st)
         rec = {
             "step": step,
-            "loss": loss.item(),
+            "loss": loss,
             "lr": lr,
             "grad_norm": float(grad_norm),
             "seconds": time.perf_counter() - t0,

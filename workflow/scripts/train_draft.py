@@ -34,6 +34,7 @@ settings = TrainSettings(
     grad_clip=t.grad_clip,
     num_steps=min(t.k, draft.max_steps or t.k),
     seed=seed,
+    micro_batch_size=t.micro_batch_size,
 )
 print(f"{arch} ({draft.num_trainable_parameters():,} trainable params) loss={loss} seed={seed}")
 print(f"cache: {len(cache)} sequences, {cache.num_tokens} positions, device {rank_device()}")

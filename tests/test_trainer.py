@@ -1,0 +1,116 @@
+"""The training loop: gradient accumulation over micro-batches, the LR schedule, the config."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from specbench.config import TrainConfig
+from specbench.drafts import build_draft
+from specbench.losses import build as build_loss
+from specbench.targets.features import (
+    FeatureCache,
+    Sequence,
+    compute_features,
+    save_cache,
+)
+from specbench.targets.info import target_info_from_model
+from specbench.targets.runner import TargetRunner
+from specbench.targets.tiny import tiny_llama
+from specbench.training.trainer import (
+    TrainSettings,
+    accumulate_gradients,
+    cosine_lr,
+    target_to_draft_map,
+    train_draft,
+)
+
+D2T = torch.arange(0, 64, 2)  # every other target token is in the draft vocabulary
+QUIET = lambda *args: None  # noqa: E731 (no training log)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A cache of 6 sequences from a tiny Llama, and a MEDUSA draft over it (deterministic:
+    no sampled anchors, so micro-batching changes nothing but the grouping)."""
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(0)
+    seqs = []
+    for i in range(6):
+        ids = torch.randint(0, 64, (4 + 2 * i + 8,), generator=g).tolist()
+        seqs.append(Sequence(ids[:4], ids[4:], i))
+    path = tmp_path_factory.mktemp("trainer") / "cache.safetensors"
+    save_cache(compute_features(TargetRunner(model), seqs, D2T, batch_size=3), path)
+    info = target_info_from_model(model, D2T)
+    torch.manual_seed(0)
+    return FeatureCache(path), build_draft("medusa", info, num_heads=3)
+
+
+def settings(**kw) -> TrainSettings:
+    base = dict(steps=3, batch_size=4, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    base.update(warmup_steps=1, grad_clip=1e9, num_steps=3, seed=0)
+    return TrainSettings(**{**base, **kw})
+
+
+def grads(draft) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in draft.named_parameters() if p.grad is not None}
+
+
+def test_micro_batches_accumulate_the_mean_of_their_gradients(setup):
+    cache, draft = setup
+    draft = copy.deepcopy(draft).train()
+    loss_fn, s = build_loss("kl"), settings(micro_batch_size=2)
+    t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size)
+    gen, cpu = torch.Generator(), torch.device("cpu")
+    idx = [5, 0, 3, 1]
+    draft.zero_grad()
+    loss, alpha = accumulate_gradients(draft, loss_fn, cache, idx, s, t2d, gen, cpu)
+    together = grads(draft)
+    halves, losses = [], []
+    for part in (idx[:2], idx[2:]):  # each half as a whole batch of its own
+        draft.zero_grad()
+        one = settings(batch_size=2)
+        losses.append(accumulate_gradients(draft, loss_fn, cache, part, one, t2d, gen, cpu)[0])
+        halves.append(grads(draft))
+    assert together.keys() == halves[0].keys() and together
+    for name, g in together.items():
+        torch.testing.assert_close(g, (halves[0][name] + halves[1][name]) / 2)
+    assert loss == pytest.approx(sum(losses) / 2)
+    assert alpha.shape == (3,) and ((alpha > 0) & (alpha < 1)).all()
+
+
+def test_micro_batch_equal_to_batch_changes_nothing(setup):
+    cache, draft = setup
+    runs = []
+    for micro in (None, 4):
+        d = copy.deepcopy(draft)
+        s = settings(micro_batch_size=micro)
+        records = train_draft(d, build_loss("kl"), cache, s, log=QUIET)
+        runs.append((records, d.state_dict()))
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
+    assert strip(runs[0][0]) == strip(runs[1][0])
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_training_lowers_the_loss(setup):
+    cache, draft = setup
+    records = train_draft(
+        copy.deepcopy(draft), build_loss("kl"), cache, settings(steps=30, batch_size=6), log=QUIET
+    )
+    assert records[-1]["loss"] < 0.8 * records[0]["loss"]
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    lrs = [cosine_lr(step, 10, 2, 1.0) for step in range(11)]
+    assert lrs[:3] == [0.5, 1.0, 1.0]
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    assert lrs[10] == pytest.approx(0.0)
+
+
+def test_micro_batch_must_divide_the_batch():
+    base = dict(k=3, steps=1, batch_size=6, lr=1e-3, warmup_steps=0, grad_clip=1.0)
+    assert TrainConfig(**base, micro_batch_size=3).micro_batch_size == 3
+    with pytest.raises(ValueError, match="micro_batch_size 4 must divide train.batch_size 6"):
+        TrainConfig(**base, micro_batch_size=4)
