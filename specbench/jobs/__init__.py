@@ -42,6 +42,7 @@ class Job:
     log: str = ""
     threads: int = 1
     ranks: int = 1
+    gpus: int = 0  # GPUs the scheduler granted (0: a CPU job); ranks = max(1, gpus)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -50,6 +51,7 @@ class Job:
     @classmethod
     def from_snakemake(cls, smk: Any, stage: str) -> Job:
         """The job of a ``script:`` rule; ``resources.gpu`` sets the number of ranks."""
+        gpus = int(getattr(smk.resources, "gpu", 0) or 0)
         named = lambda nl: {k: (list(v) if isinstance(v, list) else v) for k, v in nl.items()}  # noqa: E731
         return cls(
             stage=stage,
@@ -60,7 +62,8 @@ class Job:
             params={k: v for k, v in smk.params.items() if k != "settings"},
             log=str(smk.log[0]) if smk.log else "",
             threads=int(smk.threads),
-            ranks=max(1, int(getattr(smk.resources, "gpu", 0) or 0)),
+            ranks=max(1, gpus),
+            gpus=gpus,
         )
 
     def save(self, path: str | Path) -> None:
@@ -93,7 +96,21 @@ def launcher_command(job_files: list[Path], ranks: int) -> list[str]:
 
 
 def launch(job: Job) -> None:
-    """Run ``job`` here (one rank) or under torchrun on ``job.ranks`` ranks; raise if it fails."""
+    """Run ``job`` here (one rank) or under torchrun on ``job.ranks`` ranks; raise if it fails.
+
+    Without a scheduler, the job first claims ``job.gpus`` free GPUs of the machine
+    (:func:`specbench.jobs.gpus.claim_gpus`), so that jobs running side by side do not all
+    land on ``cuda:0``.
+    """
+    from specbench.jobs.gpus import claim_gpus
+
+    with claim_gpus(job.gpus) as claimed:
+        if claimed:
+            print(f"GPUs {','.join(claimed)} (CUDA_VISIBLE_DEVICES)", flush=True)
+        _launch(job)
+
+
+def _launch(job: Job) -> None:
     if job.ranks <= 1:
         run_stage(job)
         return

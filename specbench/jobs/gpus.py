@@ -1,0 +1,89 @@
+"""Which GPUs a job uses when several jobs share one machine without a scheduler.
+
+Snakemake's ``--resources gpu=N`` caps how many GPUs the running jobs ask for in total, but
+does not say which: every job would start at ``cuda:0``. :func:`claim_gpus` picks free ones
+with an exclusive ``flock`` per GPU in a machine-wide folder and exports them as
+``CUDA_VISIBLE_DEVICES`` for the job (and the ranks it launches). Locks die with the process,
+so a killed job frees its GPUs. Under SLURM (``SLURM_JOB_ID`` set) the scheduler has already
+bound the job's GPUs, and nothing is claimed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+LOCK_DIR = Path(tempfile.gettempdir()) / f"specbench-gpu-locks-{os.getuid()}"
+
+
+def gpu_pool() -> list[str]:
+    """The GPUs this machine lets jobs use: ``CUDA_VISIBLE_DEVICES`` if set, else all."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _try_lock(path: Path) -> IO | None:
+    f = open(path, "a")  # noqa: SIM115 - held open as the lock
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return f
+    except BlockingIOError:
+        f.close()
+        return None
+
+
+@contextmanager
+def claim_gpus(
+    n: int, pool: list[str] | None = None, lock_dir: Path = LOCK_DIR, poll_seconds: float = 5.0
+) -> Iterator[list[str] | None]:
+    """Hold ``n`` free GPUs of ``pool`` (default :func:`gpu_pool`) while the block runs.
+
+    Waits until ``n`` are free (jobs started by Snakemake within its ``gpu`` cap find them
+    free at once, unless another run shares the machine). Yields the claimed ids, exported
+    as ``CUDA_VISIBLE_DEVICES`` inside the block, or ``None`` when nothing is claimed: no
+    GPU asked for, none present, or the scheduler binds GPUs itself.
+    """
+    if n <= 0 or "SLURM_JOB_ID" in os.environ:
+        yield None
+        return
+    pool = gpu_pool() if pool is None else pool
+    if not pool:
+        yield None
+        return
+    if n > len(pool):
+        raise ValueError(f"job asks for {n} GPUs, the machine has {len(pool)}: {pool}")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        held: list[tuple[str, IO]] = []
+        for gpu in pool:
+            f = _try_lock(lock_dir / f"gpu{gpu}.lock")
+            if f is not None:
+                held.append((gpu, f))
+                if len(held) == n:
+                    break
+        if len(held) == n:
+            break
+        for _, f in held:  # all or nothing: never sit on some GPUs while waiting for more
+            f.close()
+        time.sleep(poll_seconds)
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(g for g, _ in held)
+    try:
+        yield [g for g, _ in held]
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+        for _, f in held:  # after the env: whoever takes these GPUs next sees it restored
+            f.close()
