@@ -43,8 +43,9 @@ def test_a_job_waits_for_enough_free_gpus(tmp_path):
 
 
 def test_nothing_is_claimed_without_gpus_or_under_slurm(tmp_path, monkeypatch):
-    with claim_gpus(0, POOL, tmp_path) as none:
-        assert none is None
+    with claim_gpus(0, POOL, tmp_path) as none:  # a CPU job sees no GPU at all
+        assert none is None and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
     with claim_gpus(2, [], tmp_path) as none:
         assert none is None
     monkeypatch.setenv("SLURM_JOB_ID", "42")

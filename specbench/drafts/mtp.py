@@ -123,6 +123,11 @@ class MTP(RecurrentDraft):
         if info.mtp_state_dict is not None:
             self.import_report = import_mtp_state_dict(self, info.mtp_state_dict)
         if freeze_experts:
+            if self.import_report is None:
+                raise ValueError(
+                    "mtp freeze_experts keeps the released experts, but the target has no MTP "
+                    "weights to import (info.mtp_state_dict is None): they would stay random"
+                )
             self.block.mlp.experts.requires_grad_(False)
 
     def initial_hidden(self, features: torch.Tensor) -> torch.Tensor:

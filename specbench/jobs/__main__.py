@@ -1,7 +1,9 @@
 """One rank of a launched job: ``python -m specbench.jobs JOB.json [JOB.json ...]``.
 
-Started by torchrun (see :func:`specbench.jobs.launch`); several job files run one after the
-other in the same process group.
+Started by torchrun (see :func:`specbench.jobs.launch`, one job per launch). Several job
+files run one after the other in the same process group, each loading its own target (the
+tests use this to pay for one interpreter start); a job's ranks start the next one as soon
+as rank 0 has its parts, and meet it again in the next job's first collective.
 """
 
 from __future__ import annotations

@@ -29,8 +29,11 @@ Cell = tuple[int, str]  # (temperature, domain)
 
 
 def _cache_path(caches: list[str], split: str, domain: str) -> str:
-    want = Path(split) / f"{domain}.safetensors"
-    return next(c for c in caches if Path(c).as_posix().endswith(want.as_posix()))
+    want = (Path(split) / f"{domain}.safetensors").as_posix()
+    found = [c for c in caches if Path(c).as_posix().endswith(want)]
+    if not found:
+        raise FileNotFoundError(f"no evaluation cache .../{want} among the job's inputs {caches}")
+    return found[0]
 
 
 def run(job: Job) -> None:
@@ -107,7 +110,10 @@ def write_outputs(job: Job, rows: list[dict], k: int, draft, info, temperatures,
         "loss": job.params["loss"],
         "seed": int(wc["seed"]),
         "k_eval": k,
-        "draft_params": draft.num_trainable_parameters(),
+        # all of the draft's own parameters, frozen ones too (MTP's released experts); the
+        # target's embedding and head are shared buffers and do not count
+        "draft_params": sum(p.numel() for p in draft.parameters()),
+        "trainable_params": draft.num_trainable_parameters(),
         "cost_ratio": draft.flops_per_step() / info.target_flops_per_token,
         "cells": [{"domain": d, "temperature": t} for t in temperatures for d in domains],
     }

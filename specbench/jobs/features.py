@@ -47,7 +47,7 @@ def run(job: Job) -> None:
         part = compute_features(runner, batch, d2t, batch_size=size)
         if real:  # a lockstep filler ran only to keep the ZeRO-3 ranks in step
             mine[bi] = part
-        ctx.say(f"  rank 0: {n + 1}/{len(shares)} batches")
+        ctx.say(f"  {n + 1}/{len(shares)} batches of rank 0 ({len(batches)} over all ranks)")
     parts = gather_to_rank0(mine, f"{out}.parts")
     if parts is None:
         return

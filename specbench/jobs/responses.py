@@ -41,14 +41,16 @@ def run(job: Job) -> None:
         seed=SPLIT_SEEDS[wc["split"]] + DOMAINS.index(wc["domain"]),
         batch_size=cfg.data.generation_batch_size,
         through_eos=greedy,  # T=0 replay verifies drafts past EOS: keep the continuation
-        progress=lambda done, total: ctx.say(f"  rank {ctx.rank}: {done}/{total} prompts"),
+        progress=lambda done, total: ctx.say(f"  rank 0 done with {done} of {total} prompts"),
         shard=(ctx.rank, ctx.world),
         synced_gpus=ctx.zero3 and ctx.world > 1,
     )
     parts = gather_to_rank0(mine, f"{out}.parts")
     if parts is None:
         return
-    responses = [next(p[i] for p in parts if p[i] is not None) for i in range(len(ids))]
+    responses = [next((p[i] for p in parts if p[i] is not None), None) for i in range(len(ids))]
+    if None in responses:  # a bug in the sharding, never a user error: fail loudly
+        raise RuntimeError(f"no rank generated prompt {responses.index(None)}")
     rows = []
     for i, (p, resp) in enumerate(zip(ids, responses, strict=True)):
         response, lookahead = split_at_eos(resp, tok.eos_token_id)

@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +53,17 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def pg_timeout() -> timedelta:
+    """How long a collective may wait: ``SPECBENCH_DIST_TIMEOUT_MINUTES``, default 4 hours.
+
+    Ranks legitimately wait for hours: in a barrier while rank 0 reads, merges and writes a
+    feature cache of hundreds of GB, or in a collective while another rank loads its share
+    of a 685B model. DeepSpeed's default (10 minutes) would abort those jobs. A rank that
+    dies does not leave the others waiting that long: torchrun stops the whole job.
+    """
+    return timedelta(minutes=float(os.environ.get("SPECBENCH_DIST_TIMEOUT_MINUTES", 240)))
 
 
 def init_distributed(cpu_shm_comm: bool = False) -> tuple[int, int]:
@@ -81,7 +93,9 @@ def init_distributed(cpu_shm_comm: bool = False) -> tuple[int, int]:
         # `import deepspeed.comm.torch as m` would bind torch itself (deepspeed.comm.torch is
         # also the name of an attribute holding the torch module), hence importlib
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-    deepspeed.init_distributed(dist_backend=accel.communication_backend_name())
+    deepspeed.init_distributed(
+        dist_backend=accel.communication_backend_name(), timeout=pg_timeout()
+    )
     if accel.device_name() != "cpu":
         accel.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     atexit.register(shutdown)
@@ -114,7 +128,8 @@ def gather_to_rank0(obj: T, parts_dir: str | Path) -> list[T] | None:
     if rank != 0:
         dist.barrier()  # rank 0 reads the parts before anyone moves on
         return None
-    out = [torch.load(parts / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    # mmap: tensors stay on disk until used (the merge then holds ~1×, not 2×, the cache)
+    out = [torch.load(parts / f"rank{r}.pt", weights_only=False, mmap=True) for r in range(world)]
     shutil.rmtree(parts, ignore_errors=True)
     dist.barrier()
     return out

@@ -34,6 +34,7 @@ from torch import nn
 from specbench.targets.launch import init_distributed, keep_alive, lockstep_batches, shutdown
 from specbench.targets.quantized import (
     DONE_MARKER,
+    QUANT_METHODS,
     dequantize_checkpoint,
     dequantize_fp8_weight,
     quant_method,
@@ -167,8 +168,13 @@ def _dequantized_if_quantized(name_or_path: str, dequantized_dir: str | None, ra
     """
     from transformers import AutoConfig
 
-    if quant_method(AutoConfig.from_pretrained(name_or_path)) is None:
+    method = quant_method(AutoConfig.from_pretrained(name_or_path))
+    if method is None:
         return name_or_path
+    if method not in QUANT_METHODS:  # before rank 0 downloads hundreds of GB for nothing
+        raise ValueError(
+            f"{name_or_path}: ZeRO-3 needs a plain or {QUANT_METHODS} checkpoint, not {method!r}"
+        )
     local = Path(name_or_path)
     if dequantized_dir:
         dst = Path(dequantized_dir)
