@@ -152,13 +152,28 @@ def single(models, tmp_path_factory) -> list[dict]:
         "speculative": list(ARCHS),
         "fp8": {"src": str(models["fp8"]), "dequantized_dir": str(models["fp8"]) + "-bf16"},
     }
-    return run_worker(spec, tmp_path_factory.mktemp("zero3_single"), nproc=1)
+    return report(run_worker(spec, tmp_path_factory.mktemp("zero3_single"), nproc=1))
 
 
 @pytest.fixture(scope="module")
 def dual(models, tmp_path_factory) -> list[dict]:
     spec = {"models": {arch: str(models[arch]) for arch in ARCHS}, "speculative": ["llama"]}
-    return run_worker(spec, tmp_path_factory.mktemp("zero3_dual"), nproc=2)
+    return report(run_worker(spec, tmp_path_factory.mktemp("zero3_dual"), nproc=2))
+
+
+def report(ranks: list[dict]) -> list[dict]:
+    """Print the measured differences (``pytest -m zero3 -s`` shows them); return ``ranks``."""
+    for r, res in enumerate(ranks):
+        for arch in ARCHS:
+            fwd, kv = res[arch]["forward"], res[arch]["kv_cache"]
+            print(
+                f"\nZeRO-3 vs transformers, rank {r}/{len(ranks)}, {arch}: max|Δ| logits "
+                f"{fwd['logits']:.2e} features {fwd['features']:.2e}; KV-cached logits "
+                f"{kv['logits']:.2e} features {kv['features']:.2e}"
+            )
+            if "speculative" in res[arch]:
+                print(f"  speculative: {res[arch]['speculative']}")
+    return ranks
 
 
 def _check_rank(res: dict, arch: str) -> None:
