@@ -9,27 +9,17 @@ and one job serves all model classes (interpreter and DeepSpeed start-up dominat
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from ranks import ROOT, ZERO3_MARKS, run_group
 
-pytestmark = [
-    pytest.mark.zero3,
-    pytest.mark.skipif(
-        importlib.util.find_spec("deepspeed") is None,
-        reason="deepspeed is not installed (pip install deepspeed==0.19.8, or the zero3 extra)",
-    ),
-]
+pytestmark = ZERO3_MARKS
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "zero3_worker.py"
 ARCHS = ("llama", "gpt_oss", "qwen3_moe", "deepseek_v3")
 ATOL = 1e-5  # float32
@@ -108,16 +98,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["OMP_NUM_THREADS"] = "1"  # tiny models: 2 ranks on 2 cores, no oversubscription
-    return env
-
-
-_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
 def run_worker(spec: dict, tmp: Path, nproc: int) -> list[dict]:
     """Run the worker on ``nproc`` ranks; return each rank's results."""
     spec = {**spec, "out": str(tmp / "out")}
@@ -130,17 +110,7 @@ def run_worker(spec: dict, tmp: Path, nproc: int) -> list[dict]:
         launcher = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1"]
         launcher += ["--master_addr=127.0.0.1", f"--master_port={port}"]
         cmd = [sys.executable, *launcher, *cmd[1:]]
-    proc = subprocess.Popen(
-        cmd, env=_clean_env(), cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        log, _ = proc.communicate(timeout=420)
-    except subprocess.TimeoutExpired:  # a rank out of lockstep hangs in a collective
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"ZeRO-3 worker timed out (ranks out of lockstep?)\n{log[-4000:]}")
-    assert proc.returncode == 0, log[-6000:]
+    run_group(cmd, tmp, timeout=420, what="ZeRO-3 worker")
     return [json.loads((tmp / "out" / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -298,6 +268,11 @@ def test_mxfp4_conversion_equals_transformers_dequantizer(models, tmp_path):
     assert len(experts) == 4 and all(ref[k].abs().max() > 0 for k in experts)
     for key, value in ref.items():
         assert torch.equal(ours[key].float(), value.float()), key
+    # the cost ratio's parameter count reads the MXFP4 files as the numbers they stand for
+    from specbench.targets.info import target_info_from_checkpoint
+
+    flops = [target_info_from_checkpoint(str(p)).target_flops_per_token for p in (src, out)]
+    assert flops[0] == flops[1] == 2.0 * sum(v.numel() for v in ref.values())
 
 
 def test_unsupported_quantization_is_named(tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from specbench.drafts.base import TargetInfo
+from specbench.targets.checkpoint import checkpoint_folder, tensor_index
+from specbench.targets.quantized import quant_method, unquantized_numel
 
 
 def _dense_ffn_width(cfg) -> int:
@@ -22,18 +23,6 @@ def _dense_ffn_width(cfg) -> int:
     return int(cfg.intermediate_size)
 
 
-def _checkpoint_folder(name_or_path: str | Path) -> Path | None:
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    try:  # a hub id already downloaded to the local cache; never reaches the network
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(name_or_path), local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached: the caller falls back to training from scratch
-        return None
-
-
 def released_mtp_weights(name_or_path: str | Path, config) -> dict[str, torch.Tensor] | None:
     """The MTP layer a checkpoint ships (DeepSeek-V3: ``model.layers.{num_hidden_layers}.*``).
 
@@ -42,13 +31,13 @@ def released_mtp_weights(name_or_path: str | Path, config) -> dict[str, torch.Te
     """
     if not getattr(config, "num_nextn_predict_layers", 0):
         return None
-    folder = _checkpoint_folder(name_or_path)
+    folder = checkpoint_folder(name_or_path)
     if folder is None:
         return None
     from safetensors import safe_open
 
     prefix = f"model.layers.{config.num_hidden_layers}."
-    where = _tensor_index(folder)
+    where = tensor_index(folder)
     files = sorted({f for k, f in where.items() if k.startswith(prefix)})
     out: dict[str, torch.Tensor] = {}
     for name in files:
@@ -99,20 +88,6 @@ def _info(cfg, embed, head, draft_to_target, n_params: int, mtp) -> TargetInfo:
     )
 
 
-def _tensor_index(folder: Path) -> dict[str, str]:
-    """tensor name → safetensors file, from the index or by scanning the (few) files."""
-    from safetensors import safe_open
-
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        return json.loads(index.read_text())["weight_map"]
-    out = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            out.update(dict.fromkeys(f.keys(), path.name))
-    return out
-
-
 def target_info_from_checkpoint(
     name_or_path: str, draft_to_target: torch.Tensor | None = None
 ) -> TargetInfo:
@@ -124,11 +99,11 @@ def target_info_from_checkpoint(
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    folder = _checkpoint_folder(name_or_path)
+    folder = checkpoint_folder(name_or_path)
     if folder is None:
         raise FileNotFoundError(f"no local checkpoint for {name_or_path!r} (download it first)")
     cfg = AutoConfig.from_pretrained(folder)
-    where = _tensor_index(folder)
+    where = tensor_index(folder)
 
     def read(*names: str) -> torch.Tensor | None:
         for n in names:
@@ -142,10 +117,9 @@ def target_info_from_checkpoint(
         raise KeyError(f"{name_or_path}: no embedding matrix found in the checkpoint")
     head = read("lm_head.weight")
     head = embed if head is None else head  # tied embeddings
-    n_params = 0
+    method, n_params = quant_method(cfg), 0
     for name in sorted(set(where.values())):
         with safe_open(str(folder / name), framework="pt") as f:
             for k in f.keys():
-                if not k.endswith("_scale_inv"):
-                    n_params += int(torch.Size(f.get_slice(k).get_shape()).numel())
+                n_params += unquantized_numel(method, k, f.get_slice(k).get_shape())
     return _info(cfg, embed, head, draft_to_target, n_params, released_mtp_weights(folder, cfg))

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from specbench.targets.checkpoint import tensor_index
+
 DONE_MARKER = ".dequantized"  # written last: the converted checkpoint is complete
 
 
@@ -80,6 +82,22 @@ def dequantize_mxfp4(
     return convert_moe_packed_tensors(blocks, scales, dtype=dtype)
 
 
+def unquantized_numel(method: str | None, key: str, shape: Sequence[int]) -> int:
+    """Parameters a checkpoint tensor stands for once dequantized (for parameter counts).
+
+    Scale tensors stand for none; an MXFP4 ``_blocks`` byte packs two values; anything else
+    (plain tensors, FP8 weights) one value per element.
+    """
+    numel = int(torch.Size(shape).numel())
+    if method == "fp8" and key.endswith("_scale_inv"):
+        return 0
+    if method == "mxfp4" and key.endswith("_scales"):
+        return 0
+    if method == "mxfp4" and key.endswith("_blocks"):
+        return 2 * numel
+    return numel
+
+
 def _scheme(method: str, config: dict, dtype: torch.dtype):
     """How ``method`` stores a quantized tensor: ``(scale suffix, pair, dequantize)``, where
     ``pair(key)`` names the (plain tensor, scale tensor) that ``key`` would be the quantized
@@ -125,27 +143,23 @@ def dequantize_checkpoint(
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    shards = sorted(src.glob("*.safetensors"))
-    shard_of = {}
-    for shard in shards:
-        with safe_open(shard, "pt") as f:
-            shard_of.update(dict.fromkeys(f.keys(), shard))
+    shard_of = tensor_index(src)  # tensor name → shard file name
     weight_map: dict[str, str] = {}
-    for shard in shards:
+    for shard in sorted(set(shard_of.values())):
         out = {}
-        with safe_open(shard, "pt") as f:
+        with safe_open(src / shard, "pt") as f:
             for key in f.keys():
                 if key.endswith(scale_suffix):
                     continue
                 tensor = f.get_tensor(key)
                 name, scale_key = pair(key)
                 if scale_key in shard_of:  # quantized: dequantize, store under the plain name
-                    with safe_open(shard_of[scale_key], "pt") as g:
+                    with safe_open(src / shard_of[scale_key], "pt") as g:
                         tensor = dequantize(tensor, g.get_tensor(scale_key))
                     key = name
                 out[key] = tensor.contiguous()
-                weight_map[key] = shard.name
-        save_file(out, str(tmp / shard.name), metadata={"format": "pt"})
+                weight_map[key] = shard
+        save_file(out, str(tmp / shard), metadata={"format": "pt"})
     index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     for other in src.iterdir():  # tokenizer, generation config, ...; follows hub symlinks
