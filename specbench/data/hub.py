@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specbench.config import DatasetSource
+from specbench.config import SPLITS, DatasetSource
 from specbench.data.sources import EVAL_SOURCES, TRAIN_SOURCES, eval_prompts, train_prompts
 
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -176,7 +176,7 @@ def split_prompts(
         return train_prompts(domain, n, seed), TRAIN_SOURCES[domain]
     if split == "eval":
         return eval_prompts(domain, n), EVAL_SOURCES[domain]
-    raise ValueError(f"unknown split {split!r}; valid: ['train', 'eval']")
+    raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
 
 
 def drop_overlap(train: list[str], eval_: list[str]) -> tuple[list[str], int]:

@@ -58,7 +58,7 @@ def expected_tau_by_prompt(
     rank, world = shard
     for start in range(rank * batch_size, len(cache), world * batch_size):
         idx = list(range(start, min(start + batch_size, len(cache))))
-        batch = {key: v.to(device) for key, v in cache.batch(idx).items()}
+        batch = cache.batch(idx, device)
         st = align(draft, batch, k, t2d)
         argmax_in_draft = t2d[st.target_argmax]
         alpha = acceptance_probs(st.logits, st.target_logprobs, argmax_in_draft, temperature)

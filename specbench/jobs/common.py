@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from specbench.config import Config, load_config
+from specbench.config import Config, TargetConfig, load_config
 from specbench.jobs import Job
 from specbench.targets.launch import init_distributed, rank_and_world, rank_device
 from specbench.targets.loading import load_target
@@ -30,15 +30,19 @@ class Context:
         """``print`` on rank 0, silent elsewhere (the ranks share the rule's log)."""
         return (lambda *a, **k: print(*a, **k, flush=True)) if self.rank == 0 else _quiet
 
-    def target(self) -> nn.Module:
-        """The job's target: ZeRO-3 partitioned over the ranks, or a replica on this device."""
-        t = self.cfg.targets[self.job.wildcards["target"]]
-        device = None if t.engine == "zero3" else rank_device()
-        return load_target(self.job.params["model"], t.engine, t.dtype, t.zero3, device=device)
+    @property
+    def target_config(self) -> TargetConfig:
+        return self.cfg.targets[self.job.wildcards["target"]]
 
     @property
     def zero3(self) -> bool:
-        return self.cfg.targets[self.job.wildcards["target"]].engine == "zero3"
+        return self.target_config.engine == "zero3"
+
+    def target(self) -> nn.Module:
+        """The job's target: ZeRO-3 partitioned over the ranks, or a replica on this device."""
+        t = self.target_config
+        device = None if self.zero3 else self.device
+        return load_target(self.job.params["model"], t.engine, t.dtype, t.zero3, device=device)
 
 
 def _quiet(*args, **kwargs) -> None:

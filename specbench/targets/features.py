@@ -153,8 +153,13 @@ class FeatureCache:
         out["prompt_index"] = self.t["prompt_index"][i]
         return out
 
-    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """Right-padded batch: ``attention_mask`` marks real tokens, pads carry ``loss_mask=0``."""
+    def batch(
+        self, indices: list[int], device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Right-padded batch: ``attention_mask`` marks real tokens, pads carry ``loss_mask=0``.
+
+        Built in host memory, then copied to ``device`` (if given).
+        """
         seqs = [self.sequence(i) for i in indices]
         width = max(s["input_ids"].numel() for s in seqs)
         out: dict[str, torch.Tensor] = {}
@@ -167,4 +172,6 @@ class FeatureCache:
         lengths = torch.tensor([s["input_ids"].numel() for s in seqs])
         out["attention_mask"] = torch.arange(width)[None, :] < lengths[:, None]
         out["prompt_index"] = torch.stack([s["prompt_index"] for s in seqs])
+        if device is not None:
+            out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
         return out

@@ -122,8 +122,9 @@ def gather_to_rank0(obj: T, parts_dir: str | Path) -> list[T] | None:
     parts = Path(parts_dir)
     parts.mkdir(parents=True, exist_ok=True)
     mine = parts / f"rank{rank}.pt"
-    torch.save(obj, tmp_path_for(mine))
-    tmp_path_for(mine).replace(mine)
+    tmp = tmp_path_for(mine)
+    torch.save(obj, tmp)
+    tmp.replace(mine)
     dist.barrier()
     if rank != 0:
         dist.barrier()  # rank 0 reads the parts before anyone moves on

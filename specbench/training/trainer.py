@@ -110,7 +110,7 @@ def accumulate_gradients(
     loss_sum, alpha_sum = 0.0, 0.0
     for start in range(0, len(idx), size):
         part = idx[start : start + size]
-        batch = {k: v.to(device, non_blocking=True) for k, v in cache.batch(part).items()}
+        batch = cache.batch(part, device)
         st = align(draft, batch, s.num_steps, t2d, gen)
         loss = loss_fn(
             draft_logits=st.logits,
@@ -139,7 +139,7 @@ def train_draft(
     batch is copied over); default the draft's own device. The batch sampling stream lives
     on the CPU, so a seed draws the same sequences and anchors on every device.
     """
-    device = torch.device(device) if device is not None else next(draft.parameters()).device
+    device = torch.device(device) if device is not None else draft.device
     draft.to(device)
     gen = torch.Generator().manual_seed(s.seed)
     t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size).to(device)
