@@ -63,8 +63,8 @@ class FixedDraft(DraftSession):
     def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         assert features.shape[0] == next_tokens.shape[0] >= 1
 
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits.expand(num_tokens, -1).clone()
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits.expand(k, -1).clone()
         return torch.tensor([sample_fn(z) for z in logits]), logits
 
 
@@ -83,10 +83,10 @@ class ContextDraft(DraftSession):
         self.features += list(features.float())
         self.next_tokens += next_tokens.tolist()
 
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
         prev, h = self.next_tokens[-1], self.features[-1][LAST]
         ids, logits = [], []
-        for _ in range(num_tokens):
+        for _ in range(k):
             z = self.by_token[prev] + h @ self.by_feature
             ids.append(sample_fn(z))
             logits.append(z)
@@ -105,9 +105,9 @@ class OracleDraft(DraftSession):
     def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         self.history += next_tokens.tolist()
 
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
         seq, ids, logits = list(self.history), [], []
-        for _ in range(num_tokens):
+        for _ in range(k):
             out = self.runner.forward(torch.tensor([seq]), use_cache=False)
             best = int(out.logits[0, -1].argmax())
             tok = (best + 1) % V if self.wrong else best

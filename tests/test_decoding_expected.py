@@ -54,8 +54,8 @@ class ConstantDraft(DraftSession):
     def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         pass
 
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits.expand(num_tokens, -1).clone()
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits.expand(k, -1).clone()
         return torch.tensor([sample_fn(z) for z in logits]), logits
 
 

@@ -62,9 +62,9 @@ def test_cache_matches_unpadded_full_vocab_forward(tmp_path):
 class _Probe(Draft):
     """A draft whose logits are zeros: lets the test see what align() gathers."""
 
-    def forward_train(self, features, input_ids, attention_mask, num_steps, generator=None):
+    def forward_train(self, features, input_ids, attention_mask, k, generator=None):
         b, length = input_ids.shape
-        logits = torch.zeros(b, length, num_steps, self.info.draft_vocab_size)
+        logits = torch.zeros(b, length, k, self.info.draft_vocab_size)
         return TrainOutput(logits, torch.arange(length).expand(b, length))
 
 

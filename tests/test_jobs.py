@@ -126,7 +126,7 @@ def train_tiny_draft(target: Path, cache_path: Path, out: Path) -> None:
     info = target_info_from_checkpoint(str(target), cache.draft_to_target)
     torch.manual_seed(0)
     draft = build_draft("eagle3", info, intermediate_size=64)
-    s = TrainSettings(3, 2, 1e-3, (0.9, 0.95), 0.0, 1, 0.5, num_steps=3, seed=0)
+    s = TrainSettings(3, 2, 1e-3, (0.9, 0.95), 0.0, 1, 0.5, k=3, seed=0)
     train_draft(draft, build_loss("kl"), cache, s, log=lambda *a: None)
     draft.save(out)
 

@@ -26,15 +26,15 @@ class _OracleSession(DraftSession):
     def extend(self, features, next_tokens):
         self.n += int(next_tokens.numel())
 
-    def propose(self, num_tokens, sample_fn):
+    def propose(self, k, sample_fn):
         # n positions are committed and token n is known: drafting starts at token n + 1
         ids = []
-        for j in range(num_tokens):
+        for j in range(k):
             pos = self.n + 1 + j
             t = self.greedy[pos]
             ids.append((t + 1) % self.vocab if pos in self.wrong else t)
-        logits = torch.full((num_tokens, self.vocab), -1e9)
-        logits[torch.arange(num_tokens), torch.tensor(ids)] = 0.0
+        logits = torch.full((k, self.vocab), -1e9)
+        logits[torch.arange(k), torch.tensor(ids)] = 0.0
         return torch.tensor(ids), logits
 
 

@@ -50,7 +50,7 @@ def setup(tmp_path_factory):
 
 def settings(**kw) -> TrainSettings:
     base = dict(steps=3, batch_size=4, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
-    base.update(warmup_steps=1, grad_clip=1e9, num_steps=3, seed=0)
+    base.update(warmup_steps=1, grad_clip=1e9, k=3, seed=0)
     return TrainSettings(**{**base, **kw})
 
 

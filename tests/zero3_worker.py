@@ -96,9 +96,9 @@ class NoisyOracleSession:
         self.tokens += next_tokens.tolist()
 
     @torch.no_grad()
-    def propose(self, num_tokens: int, sample_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, k: int, sample_fn) -> tuple[torch.Tensor, torch.Tensor]:
         seq = list(self.tokens)
-        for _ in range(num_tokens):
+        for _ in range(k):
             nxt = int(self.model(torch.tensor([seq])).logits[0, -1].argmax())
             seq.append((nxt + 1) % self.model.config.vocab_size if len(seq) % 3 == 0 else nxt)
         ids = torch.tensor(seq[len(self.tokens) :])

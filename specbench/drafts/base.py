@@ -80,7 +80,7 @@ class DraftSession:
     def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (draft token ids [k] in draft vocab, draft logits [k, V_draft])."""
         raise NotImplementedError
 
@@ -90,17 +90,17 @@ class Draft(nn.Module):
 
     arch: ClassVar[str] = ""
     # number of steps the architecture can draft; None = any (recurrent drafts)
-    max_steps: int | None = None
+    max_k: int | None = None
 
     def __init__(self, info: TargetInfo, **hparams: Any) -> None:
         super().__init__()
         self.info = info
         self.hparams = dict(hparams)
 
-    def check_steps(self, num_steps: int) -> None:
-        """Raise if the architecture cannot draft ``num_steps`` tokens (heads, stages, block)."""
-        if self.max_steps is not None and num_steps > self.max_steps:
-            raise ValueError(f"{self.arch} drafts at most {self.max_steps} steps, not {num_steps}")
+    def check_k(self, k: int) -> None:
+        """Raise if the architecture cannot draft ``k`` tokens (heads, stages, block)."""
+        if self.max_k is not None and k > self.max_k:
+            raise ValueError(f"{self.arch} drafts at most {self.max_k} steps, not {k}")
 
     # -- training -------------------------------------------------------------------------
     def forward_train(
@@ -108,7 +108,7 @@ class Draft(nn.Module):
         features: torch.Tensor,  # [B, L, F, d] target features
         input_ids: torch.Tensor,  # [B, L] target token ids
         attention_mask: torch.Tensor,  # [B, L] bool, True on real tokens
-        num_steps: int,
+        k: int,
         generator: torch.Generator | None = None,
     ) -> TrainOutput:
         raise NotImplementedError

@@ -42,7 +42,7 @@ from specbench.drafts.layers import (
 
 @register_draft("block_diffusion")
 class BlockDiffusion(Draft):
-    """Hparams: ``num_layers`` (2), ``block_size`` B (7, so max_steps = B−1 = 6),
+    """Hparams: ``num_layers`` (2), ``block_size`` B (7, so max_k = B−1 = 6),
     ``anchors_per_seq`` (16), ``intermediate_size`` (target's dense width), ``qk_norm`` (True)."""
 
     def __init__(
@@ -67,7 +67,7 @@ class BlockDiffusion(Draft):
             raise ValueError("block_size must be ≥ 2 (one known token plus masks)")
         d, eps = info.hidden_size, info.rms_norm_eps
         self.block_size, self.anchors_per_seq = int(block_size), int(anchors_per_seq)
-        self.max_steps = self.block_size - 1
+        self.max_k = self.block_size - 1
         self.head_dim = d // info.num_attention_heads
         self.fc = nn.Linear(4 * d, d, bias=False)
         self.hidden_norm = RMSNorm(d, eps=eps)
@@ -125,10 +125,10 @@ class BlockDiffusion(Draft):
         features: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        num_steps: int,
+        k: int,
         generator: torch.Generator | None = None,
     ) -> TrainOutput:
-        self.check_steps(num_steps)
+        self.check_k(k)
         B, L = input_ids.shape
         Bs, valid = self.block_size, attention_mask.bool()
         if self.training:
@@ -148,7 +148,7 @@ class BlockDiffusion(Draft):
         see_block = (block_id[:, None] == block_id[None, :]).expand(B, -1, -1)
         mask = torch.cat([see_ctx, see_block], dim=-1)[:, None]
         logits = self.run_block(x, positions, self.context_kv(features, ctx_pos), mask)
-        logits = logits.view(B, A, Bs, -1)[:, :, 1 : 1 + num_steps]
+        logits = logits.view(B, A, Bs, -1)[:, :, 1 : 1 + k]
         return TrainOutput(logits, anchors)
 
     def start_session(self) -> BlockDiffusionSession:
@@ -157,7 +157,7 @@ class BlockDiffusion(Draft):
     def flops_per_step(self) -> float:
         """One block pass (B tokens through the layers and head) per B−1 drafted tokens."""
         per_token = 2.0 * (sum(p.numel() for p in self.parameters()) + self.head_weight.numel())
-        return per_token * self.block_size / self.max_steps
+        return per_token * self.block_size / self.max_k
 
 
 class BlockDiffusionSession(DraftSession):
@@ -180,16 +180,16 @@ class BlockDiffusionSession(DraftSession):
         self.next_token = next_tokens.reshape(-1)[-1]
 
     @torch.no_grad()
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.draft
         if self.next_token is None:
             raise RuntimeError("propose() before any extend()")
-        d.check_steps(num_tokens)
+        d.check_k(k)
         n = len(self.caches[0])  # anchor i = n − 1, block at n .. n + B − 1
         x = d.block_inputs(self.next_token.reshape(1))  # [1, B, d]
         positions = torch.arange(n, n + d.block_size, device=x.device)
         mask = torch.ones(1, 1, d.block_size, n + d.block_size, dtype=torch.bool, device=x.device)
         context = [(c.k, c.v) for c in self.caches]
-        logits = d.run_block(x, positions, context, mask)[0, 1 : 1 + num_tokens]
+        logits = d.run_block(x, positions, context, mask)[0, 1 : 1 + k]
         ids = [int(sample_fn(row)) for row in logits]  # positions sampled independently
         return torch.tensor(ids, dtype=torch.long, device=x.device), logits

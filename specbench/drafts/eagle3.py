@@ -36,7 +36,7 @@ class Eagle3(RecurrentDraft):
     for MoE targets experts_per_token × expert width); ``train_anchors`` (default None = all
     positions; see :class:`~specbench.drafts.recurrent.RecurrentDraft`)."""
 
-    max_steps = None  # recurrent: any number of steps
+    max_k = None  # recurrent: any number of steps
 
     def __init__(
         self,

@@ -45,7 +45,7 @@ class ResBlock(nn.Module):
 
 @register_draft("medusa")
 class Medusa(Draft):
-    """MEDUSA draft. Hparams: ``num_heads`` (default 6, = max_steps), ``num_layers`` residual
+    """MEDUSA draft. Hparams: ``num_heads`` (default 6, = max_k), ``num_layers`` residual
     blocks per head (default 1), ``train_anchors`` (positions per sequence that training
     runs the heads at, at random; None = all — heads are per-position, so a subsample is an
     unbiased, cheaper estimate of the same objective; eval mode always uses all)."""
@@ -61,7 +61,7 @@ class Medusa(Draft):
         super().__init__(
             info, num_heads=int(num_heads), num_layers=int(num_layers), train_anchors=train_anchors
         )
-        self.max_steps = int(num_heads)
+        self.max_k = int(num_heads)
         self.train_anchors = train_anchors
         d = info.hidden_size
         self.blocks = nn.ModuleList(
@@ -75,22 +75,22 @@ class Medusa(Draft):
             for head in self.heads:
                 head.weight.copy_(rows)
 
-    def head_logits(self, h: torch.Tensor, num_steps: int) -> torch.Tensor:
-        """Logits ``[..., num_steps, V_draft]`` of the first ``num_steps`` heads at ``h [..., d]``.
+    def head_logits(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """Logits ``[..., k, V_draft]`` of the first ``k`` heads at ``h [..., d]``.
 
-        One residual block + head per step: head ``k`` (0-based) predicts ``x_{i+2+k}``.
+        One residual block + head per step: head ``j`` (0-based) predicts ``x_{i+2+j}``.
         """
-        self.check_steps(num_steps)
-        if num_steps == 0:
+        self.check_k(k)
+        if k == 0:
             return h.new_empty(*h.shape[:-1], 0, self.info.draft_vocab_size)
-        return torch.stack([self.heads[k](self.blocks[k](h)) for k in range(num_steps)], dim=-2)
+        return torch.stack([self.heads[j](self.blocks[j](h)) for j in range(k)], dim=-2)
 
     def forward_train(
         self,
         features: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        num_steps: int,
+        k: int,
         generator: torch.Generator | None = None,
     ) -> TrainOutput:
         B, L = input_ids.shape
@@ -100,14 +100,14 @@ class Medusa(Draft):
             h = h.gather(1, anchors[..., None].expand(-1, -1, h.shape[-1]))
         else:
             anchors = torch.arange(L, device=input_ids.device).expand(B, L)
-        return TrainOutput(self.head_logits(h, num_steps), anchors)
+        return TrainOutput(self.head_logits(h, k), anchors)
 
     def start_session(self) -> MedusaSession:
         return MedusaSession(self)
 
     def flops_per_step(self) -> float:
         """One draft step evaluates one head."""
-        return 2.0 * sum(p.numel() for p in self.parameters()) / self.max_steps
+        return 2.0 * sum(p.numel() for p in self.parameters()) / self.max_k
 
 
 class MedusaSession(DraftSession):
@@ -122,10 +122,10 @@ class MedusaSession(DraftSession):
             self.last = features[-1, LAST]
 
     @torch.no_grad()
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
         if self.last is None:
             raise RuntimeError("propose() before any extend()")
         h = self.last.to(self.draft.heads[0].weight.dtype)
-        logits = self.draft.head_logits(h, num_tokens)  # [k, V_draft]
+        logits = self.draft.head_logits(h, k)  # [k, V_draft]
         ids = [int(sample_fn(row)) for row in logits]
         return torch.tensor(ids, dtype=torch.long, device=logits.device), logits

@@ -38,7 +38,7 @@ from specbench.drafts.layers import register_vocab
 
 @register_draft("mlp_speculator")
 class MLPSpeculator(Draft):
-    """Hparams: ``num_stages`` (fms-extras ``n_predict``; default 6, = max_steps),
+    """Hparams: ``num_stages`` (fms-extras ``n_predict``; default 6, = max_k),
     ``inner_dim`` (default: the target's hidden size), ``scale_input`` (default False)."""
 
     def __init__(
@@ -51,7 +51,7 @@ class MLPSpeculator(Draft):
         n, d = int(num_stages), info.hidden_size
         inner = int(inner_dim or d)
         super().__init__(info, num_stages=n, inner_dim=inner, scale_input=bool(scale_input))
-        self.max_steps, self.inner_dim = n, inner
+        self.max_k, self.inner_dim = n, inner
         vd = info.draft_vocab_size
         self.emb = nn.ModuleList(nn.Embedding(vd + 1, inner) for _ in range(n))
         self.proj = nn.ModuleList(
@@ -80,18 +80,18 @@ class MLPSpeculator(Draft):
         features: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        num_steps: int,
+        k: int,
         generator: torch.Generator | None = None,
     ) -> TrainOutput:
-        self.check_steps(num_steps)
+        self.check_k(k)
         B, L = input_ids.shape
         state = self.initial_state(features[..., LAST, :])
-        # stage k consumes x_{i+k} (0 past the end: those rows are masked by the loss)
-        prev = self.t2d[F.pad(input_ids, (0, num_steps), value=0)]
+        # stage j consumes x_{i+j} (0 past the end: those rows are masked by the loss)
+        prev = self.t2d[F.pad(input_ids, (0, k), value=0)]
         logits = []
-        for k in range(num_steps):
-            state = self.stage(k, state, prev[:, 1 + k : 1 + k + L])
-            logits.append(self.head[k](state))
+        for j in range(k):
+            state = self.stage(j, state, prev[:, 1 + j : 1 + j + L])
+            logits.append(self.head[j](state))
         anchors = torch.arange(L, device=input_ids.device).expand(B, L)
         return TrainOutput(torch.stack(logits, dim=2), anchors)
 
@@ -101,7 +101,7 @@ class MLPSpeculator(Draft):
     def flops_per_step(self) -> float:
         """One stage (projection, norm, head) on average; embedding lookups are free."""
         n = sum(p.numel() for name, p in self.named_parameters() if not name.startswith("emb."))
-        return 2.0 * n / self.max_steps
+        return 2.0 * n / self.max_k
 
 
 class MLPSpeculatorSession(DraftSession):
@@ -116,17 +116,17 @@ class MLPSpeculatorSession(DraftSession):
             self.last = (features[-1, LAST], next_tokens.reshape(-1)[-1])
 
     @torch.no_grad()
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.draft
         if self.last is None:
             raise RuntimeError("propose() before any extend()")
-        d.check_steps(num_tokens)
+        d.check_k(k)
         h, next_token = self.last
         state, prev = d.initial_state(h), d.t2d[next_token]
         ids, logits = [], []
-        for k in range(num_tokens):
-            state = d.stage(k, state, prev)
-            logits.append(d.head[k](state))
+        for j in range(k):
+            state = d.stage(j, state, prev)
+            logits.append(d.head[j](state))
             ids.append(int(sample_fn(logits[-1])))
             prev = torch.tensor(ids[-1], device=state.device)
         out = torch.stack(logits) if logits else state.new_empty(0, d.info.draft_vocab_size)

@@ -77,7 +77,7 @@ class MTP(RecurrentDraft):
     and the ~0.35e9 trainable parameters (MLA attention, router, shared expert, ``eh_proj``,
     norms) ~6 GB of optimizer state: one 80 GB GPU."""
 
-    max_steps = None
+    max_k = None
 
     def __init__(
         self,

@@ -90,14 +90,14 @@ class RecurrentDraft(Draft):
         features: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        num_steps: int,
+        k: int,
         generator: torch.Generator | None = None,
     ) -> TrainOutput:
-        self.check_steps(num_steps)
+        self.check_k(k)
         B, L = input_ids.shape
         valid = attention_mask.bool()
-        # step k consumes x_{i+k}; past the end use token 0 (those rows are masked by the loss)
-        ids = torch.nn.functional.pad(input_ids, (0, num_steps), value=0)
+        # step j consumes x_{i+j}; past the end use token 0 (those rows are masked by the loss)
+        ids = torch.nn.functional.pad(input_ids, (0, k), value=0)
         positions = torch.arange(L, device=input_ids.device)
         cache = KVCache()
         # step 1 at every position: its keys/values are the context of every later step
@@ -112,12 +112,12 @@ class RecurrentDraft(Draft):
             anchors = sample_anchors(valid, self.train_anchors, generator)
             hidden = hidden.gather(1, anchors[..., None].expand(-1, -1, hidden.shape[-1]))
         out = [self.logits(hidden)]
-        for k in range(2, num_steps + 1):
-            # token x_{i+k}, per-row RoPE position i + k − 1; the cache holds the L step-1
+        for j in range(2, k + 1):
+            # token x_{i+j}, per-row RoPE position i + j − 1; the cache holds the L step-1
             # keys, then A keys per earlier step (the layout ``ttt_mask`` describes)
-            emb = self.embed(ids.gather(1, anchors + k))
-            mask = ttt_mask(valid, k, anchors)
-            hidden = self.step(emb, hidden, anchors + (k - 1), mask, cache)
+            emb = self.embed(ids.gather(1, anchors + j))
+            mask = ttt_mask(valid, j, anchors)
+            hidden = self.step(emb, hidden, anchors + (j - 1), mask, cache)
             out.append(self.logits(hidden))
         return TrainOutput(torch.stack(out, dim=2), anchors)
 
@@ -151,22 +151,22 @@ class RecurrentSession(DraftSession):
         self.first_logits = d.logits(self.hidden)[0, 0]
 
     @torch.no_grad()
-    def propose(self, num_tokens: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, k: int, sample_fn: SampleFn) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.draft
         if self.hidden is None:
             raise RuntimeError("propose() before any extend()")
-        d.check_steps(num_tokens)
+        d.check_k(k)
         device = self.hidden.device
-        if num_tokens <= 0:
+        if k <= 0:
             return torch.empty(0, dtype=torch.long, device=device), self.first_logits[None][:0]
         committed = len(self.cache)
         logits = [self.first_logits]
         ids = [int(sample_fn(logits[0]))]
         hidden = self.hidden
         try:
-            for k in range(2, num_tokens + 1):
+            for j in range(2, k + 1):
                 token = d.d2t[torch.tensor([[ids[-1]]], device=device)]
-                pos = torch.tensor([self.length - 1 + k - 1], device=device)  # anchor + k − 1
+                pos = torch.tensor([self.length - 1 + j - 1], device=device)  # anchor + j − 1
                 mask = torch.ones(1, 1, 1, len(self.cache) + 1, dtype=torch.bool, device=device)
                 hidden = d.step(d.embed(token), hidden, pos, mask, self.cache)
                 logits.append(d.logits(hidden)[0, 0])

@@ -46,7 +46,7 @@ def run(job: Job) -> None:
     first = FeatureCache(job.input["caches"][0])
     info = target_info_from_checkpoint(job.params["model"], first.draft_to_target)
     draft = load_draft(Path(job.input["draft"]).parent, info).to(ctx.device).eval()
-    k = min(cfg.eval.k_for(wc["arch"]), draft.max_steps or 10**9)
+    k = min(cfg.eval.k_for(wc["arch"]), draft.max_k or 10**9)
     shard = (ctx.rank, ctx.world)
     mine: dict[Cell, tuple[dict[int, PromptStats], dict[int, PromptStats]]] = {}
     for temperature in cfg.temperatures:

@@ -142,7 +142,7 @@ class FeatureCache:
         return len(self.offsets) - 1
 
     @property
-    def num_tokens(self) -> int:
+    def num_positions(self) -> int:
         return self.offsets[-1]
 
     def sequence(self, i: int) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ class TrainSettings:
     weight_decay: float
     warmup_steps: int
     grad_clip: float
-    num_steps: int  # K draft positions
+    k: int  # K draft positions
     seed: int
     micro_batch_size: int | None = None  # None: the whole batch in one forward/backward
 
@@ -47,15 +47,15 @@ def target_to_draft_map(draft_to_target: torch.Tensor, vocab_size: int) -> torch
     return inv
 
 
-def align(draft: Draft, batch: dict, num_steps: int, t2d: torch.Tensor, generator=None):
+def align(draft: Draft, batch: dict, k: int, t2d: torch.Tensor, generator=None):
     """Run the draft's training forward and gather the matching target quantities."""
     out = draft.forward_train(
-        batch["features"], batch["input_ids"], batch["attention_mask"], num_steps, generator
+        batch["features"], batch["input_ids"], batch["attention_mask"], k, generator
     )
     anchors = out.anchors  # [B, A]
     b_idx = torch.arange(anchors.shape[0], device=anchors.device)[:, None, None]
-    k = torch.arange(1, num_steps + 1, device=anchors.device)[None, None, :]
-    pos = anchors[:, :, None] + k  # position whose next-token distribution step k matches
+    steps = torch.arange(1, k + 1, device=anchors.device)[None, None, :]
+    pos = anchors[:, :, None] + steps  # position whose next-token distribution step j matches
     width = batch["input_ids"].shape[1]
     in_range = pos + 1 < width
     pos_c = pos.clamp(max=width - 1)
@@ -111,7 +111,7 @@ def accumulate_gradients(
     for start in range(0, len(idx), size):
         part = idx[start : start + size]
         batch = cache.batch(part, device)
-        st = align(draft, batch, s.num_steps, t2d, gen)
+        st = align(draft, batch, s.k, t2d, gen)
         loss = loss_fn(
             draft_logits=st.logits,
             target_logits=st.target_logprobs,
@@ -168,7 +168,7 @@ def train_draft(
         if step % max(1, s.steps // 10) == 0 or step == s.steps - 1:
             log(
                 f"step {step:5d}/{s.steps} loss {rec['loss']:.4f} "
-                f"alpha_1 {rec['alpha_1']:.3f} alpha_K {rec[f'alpha_{s.num_steps}']:.3f} "
+                f"alpha_1 {rec['alpha_1']:.3f} alpha_K {rec[f'alpha_{s.k}']:.3f} "
                 f"({rec['seconds']:.0f}s)"
             )
     draft.eval()

@@ -33,13 +33,13 @@ def main(cfg, wc) -> None:
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_steps,
         grad_clip=t.grad_clip,
-        num_steps=min(t.k, draft.max_steps or t.k),
+        k=min(t.k, draft.max_k or t.k),
         seed=seed,
         micro_batch_size=t.micro_batch_size,
     )
     device = rank_device()  # the job's GPU (resources: gpu=1), else the CPU
     print(f"{arch} ({draft.num_trainable_parameters():,} trainable params) loss={loss} seed={seed}")
-    print(f"cache: {len(cache)} sequences, {cache.num_tokens} positions, device {device}")
+    print(f"cache: {len(cache)} sequences, {cache.num_positions} positions, device {device}")
     t0 = time.time()
     records = train_draft(draft, build_loss(loss), cache, settings, device=device)
     atomic_write_text(snakemake.output.log_csv, pd.DataFrame(records).to_csv(index=False))
