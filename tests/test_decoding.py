@@ -9,7 +9,8 @@ import torch
 
 from specbench.decoding import speculative as spec
 from specbench.decoding.speculative import speculative_decode, target_decode
-from specbench.drafts.base import LAST, DraftSession, SampleFn
+from specbench.drafts.base import DraftSession, SampleFn
+from specbench.features import LAST
 from specbench.targets.runner import TargetRunner, TargetStep
 from specbench.targets.tiny import tiny_llama
 

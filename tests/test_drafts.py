@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from specbench.drafts import DRAFTS, build_draft, load_draft
-from specbench.drafts.base import TargetInfo
+from specbench.drafts.align import align
 from specbench.drafts.recurrent import sample_anchors
-from specbench.targets.info import target_info_from_model
+from specbench.features.vocab import target_to_draft_map
+from specbench.targets.info import TargetInfo, target_info_from_model
 from specbench.targets.tiny import tiny_deepseek_v3_config, tiny_llama
-from specbench.training.trainer import align, target_to_draft_map
 
 V, VD, D, L, K = 80, 40, 32, 14, 4  # target vocab, draft vocab, hidden, length, draft steps
 CASES = ["eagle3", "medusa", "mlp_speculator", "mtp", "mtp_deepseek", "block_diffusion"]

@@ -11,7 +11,8 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
 )
 
 from specbench.drafts import build_draft
-from specbench.drafts.base import LAST, TargetInfo
+from specbench.features import LAST
+from specbench.targets.info import TargetInfo
 from specbench.targets.quantized import dequantize_fp8_weight
 from specbench.targets.tiny import tiny_deepseek_v3_config
 

@@ -5,18 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from specbench.drafts.align import align
 from specbench.drafts.base import Draft, TrainOutput
-from specbench.targets.features import (
-    FeatureCache,
-    Sequence,
-    build_draft_vocab,
-    compute_features,
-    save_cache,
-)
+from specbench.features.cache import FeatureCache, Sequence, save_cache
+from specbench.features.vocab import build_draft_vocab, target_to_draft_map
+from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
 from specbench.targets.tiny import tiny_llama
-from specbench.training.trainer import align, target_to_draft_map
 
 
 def _sequences():

@@ -23,9 +23,10 @@ from safetensors.torch import load_file
 
 from specbench.config import load_config
 from specbench.drafts import build_draft
+from specbench.features.cache import FeatureCache
+from specbench.features.vocab import build_draft_vocab
 from specbench.jobs import Job, launch, launcher_command
 from specbench.losses import build as build_loss
-from specbench.targets.features import FeatureCache, build_draft_vocab
 from specbench.targets.info import target_info_from_checkpoint
 from specbench.targets.loading import load_tokenizer
 from specbench.targets.tiny import tiny_llama

@@ -9,7 +9,8 @@ from specbench.decoding.replay import replay_greedy
 from specbench.decoding.speculative import speculative_decode, target_decode
 from specbench.drafts import DRAFTS, build_draft
 from specbench.drafts.base import DraftSession
-from specbench.targets.features import Sequence, compute_features
+from specbench.features.cache import Sequence
+from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
 from specbench.targets.tiny import tiny_llama

@@ -9,23 +9,14 @@ import torch
 
 from specbench.config import TrainConfig
 from specbench.drafts import build_draft
+from specbench.features.cache import FeatureCache, Sequence, save_cache
+from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
-from specbench.targets.features import (
-    FeatureCache,
-    Sequence,
-    compute_features,
-    save_cache,
-)
+from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
 from specbench.targets.tiny import tiny_llama
-from specbench.training.trainer import (
-    TrainSettings,
-    accumulate_gradients,
-    cosine_lr,
-    target_to_draft_map,
-    train_draft,
-)
+from specbench.training.trainer import TrainSettings, accumulate_gradients, cosine_lr, train_draft
 
 D2T = torch.arange(0, 64, 2)  # every other target token is in the draft vocabulary
 QUIET = lambda *args: None  # noqa: E731 (no training log)

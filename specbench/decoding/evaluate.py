@@ -17,9 +17,10 @@ import torch
 from specbench.decoding.expected import acceptance_probs, expected_tau
 from specbench.decoding.replay import replay_greedy
 from specbench.decoding.speculative import DecodeResult, speculative_decode
+from specbench.drafts.align import align
 from specbench.drafts.base import Draft
-from specbench.targets.features import FeatureCache
-from specbench.training.trainer import align, target_to_draft_map
+from specbench.features.cache import FeatureCache
+from specbench.features.vocab import target_to_draft_map
 
 
 @dataclass

@@ -10,6 +10,7 @@ from specbench.drafts import (  # noqa: F401  (imported for their @register_draf
     mlp_speculator,
     mtp,
 )
-from specbench.drafts.base import DRAFTS, Draft, TargetInfo, build_draft, load_draft
+from specbench.drafts.base import DRAFTS, Draft, build_draft, load_draft
+from specbench.targets.info import TargetInfo
 
 __all__ = ["DRAFTS", "Draft", "TargetInfo", "build_draft", "load_draft"]

@@ -8,15 +8,14 @@ features ``h_i`` (hidden states of a few layers at position ``i``) and the distr
 ``x_{i+1}`` that follows ``i`` (sampled from ``p_i`` but not yet processed by the target).
 Its draft step ``k = 1..K`` predicts ``x_{i+1+k}``, whose target distribution is ``p_{i+k}``.
 
-Features are stacked as ``[..., F, d]`` with ``F = 4``: hidden states of a low, a middle and
-a high layer of the target, then the final (normed) hidden state that feeds the LM head.
+Features are stacked as ``[..., F, d]`` (layout: :mod:`specbench.features`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,31 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-FEATURE_NAMES = ("low", "mid", "high", "last")
-LOW, MID, HIGH, LAST = range(4)
-
-
-@dataclass
-class TargetInfo:
-    """What a draft may know about its target. Frozen target tensors are shared, not copied."""
-
-    hidden_size: int
-    vocab_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    intermediate_size: int  # dense FFN width; for MoE targets: experts_per_token × expert_size
-    rms_norm_eps: float
-    rope_theta: float
-    embed_tokens: torch.Tensor  # [target_vocab, hidden], frozen
-    lm_head: torch.Tensor  # [target_vocab, hidden], frozen
-    draft_to_target: torch.Tensor  # [draft_vocab] long: draft id -> target id
-    target_flops_per_token: float = 0.0  # ≈ 2 × target parameters, for the cost ratio c
-    mtp_state_dict: dict[str, torch.Tensor] | None = None  # released MTP weights, if any
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def draft_vocab_size(self) -> int:
-        return int(self.draft_to_target.numel())
+from specbench.targets.info import TargetInfo
 
 
 @dataclass

@@ -22,14 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specbench.drafts.base import (
-    Draft,
-    DraftSession,
-    SampleFn,
-    TargetInfo,
-    TrainOutput,
-    register_draft,
-)
+from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput, register_draft
 from specbench.drafts.layers import (
     DecoderLayer,
     KVCache,
@@ -38,6 +31,7 @@ from specbench.drafts.layers import (
     rope_cos_sin,
     target_head_rows,
 )
+from specbench.targets.info import TargetInfo
 
 
 @register_draft("block_diffusion")

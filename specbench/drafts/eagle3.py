@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from specbench.drafts.base import HIGH, LOW, TargetInfo, register_draft
+from specbench.drafts.base import register_draft
 from specbench.drafts.layers import (
     Attention,
     KVCache,
@@ -28,6 +28,8 @@ from specbench.drafts.layers import (
     target_head_rows,
 )
 from specbench.drafts.recurrent import RecurrentDraft
+from specbench.features import HIGH, LOW
+from specbench.targets.info import TargetInfo
 
 
 @register_draft("eagle3")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specbench.drafts.base import TargetInfo
+from specbench.targets.info import TargetInfo
 
 RMSNorm = nn.RMSNorm  # x / sqrt(mean(x²) + eps) · weight, as Llama / DeepSeek / Qwen
 

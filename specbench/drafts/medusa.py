@@ -18,17 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specbench.drafts.base import (
-    LAST,
-    Draft,
-    DraftSession,
-    SampleFn,
-    TargetInfo,
-    TrainOutput,
-    register_draft,
-)
+from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput, register_draft
 from specbench.drafts.layers import target_head_rows
 from specbench.drafts.recurrent import sample_anchors
+from specbench.features import LAST
+from specbench.targets.info import TargetInfo
 
 
 class ResBlock(nn.Module):

@@ -24,16 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specbench.drafts.base import (
-    LAST,
-    Draft,
-    DraftSession,
-    SampleFn,
-    TargetInfo,
-    TrainOutput,
-    register_draft,
-)
+from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput, register_draft
 from specbench.drafts.layers import register_vocab
+from specbench.features import LAST
+from specbench.targets.info import TargetInfo
 
 
 @register_draft("mlp_speculator")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specbench.drafts.base import LAST, TargetInfo, register_draft
+from specbench.drafts.base import register_draft
 from specbench.drafts.layers import (
     DecoderLayer,
     KVCache,
@@ -41,6 +41,8 @@ from specbench.drafts.layers import (
 )
 from specbench.drafts.mtp_import import ImportReport, import_mtp_state_dict
 from specbench.drafts.recurrent import RecurrentDraft
+from specbench.features import LAST
+from specbench.targets.info import TargetInfo
 
 BLOCKS = ("auto", "llama", "deepseek_v3")
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from specbench.drafts.base import Draft, DraftSession, SampleFn, TargetInfo, TrainOutput
+from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput
 from specbench.drafts.layers import KVCache, ttt_mask
+from specbench.targets.info import TargetInfo
 
 
 def sample_anchors(

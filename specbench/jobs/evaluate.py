@@ -16,10 +16,10 @@ import pandas as pd
 
 from specbench.decoding.evaluate import PromptStats, expected_tau_by_prompt, live_tau_by_prompt
 from specbench.drafts import load_draft
+from specbench.features.cache import FeatureCache
 from specbench.io import atomic_write_text
 from specbench.jobs import Job
 from specbench.jobs.common import start
-from specbench.targets.features import FeatureCache
 from specbench.targets.info import target_info_from_checkpoint
 from specbench.targets.launch import Lockstep, gather_to_rank0
 from specbench.targets.loading import load_tokenizer

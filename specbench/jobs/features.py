@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from specbench.data.generate import read_jsonl
+from specbench.features.cache import Sequence, concat_caches, save_cache
 from specbench.jobs import Job
 from specbench.jobs.common import start
-from specbench.targets.features import Sequence, compute_features, concat_caches, save_cache
+from specbench.targets.featurize import compute_features
 from specbench.targets.launch import gather_to_rank0, lockstep_batches
 from specbench.targets.runner import TargetRunner
 

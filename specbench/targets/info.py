@@ -1,15 +1,39 @@
-"""Build the :class:`TargetInfo` a draft sees from a loaded transformers model."""
+"""What a draft may know about its target (:class:`TargetInfo`), from a model or a checkpoint."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from specbench.drafts.base import TargetInfo
 from specbench.targets.checkpoint import checkpoint_folder, tensor_index
 from specbench.targets.quantized import quant_method, unquantized_numel
+
+
+@dataclass
+class TargetInfo:
+    """What a draft may know about its target. Frozen target tensors are shared, not copied."""
+
+    hidden_size: int
+    vocab_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int  # dense FFN width; for MoE targets: experts_per_token × expert_size
+    rms_norm_eps: float
+    rope_theta: float
+    embed_tokens: torch.Tensor  # [target_vocab, hidden], frozen
+    lm_head: torch.Tensor  # [target_vocab, hidden], frozen
+    draft_to_target: torch.Tensor  # [draft_vocab] long: draft id -> target id
+    target_flops_per_token: float = 0.0  # ≈ 2 × target parameters, for the cost ratio c
+    mtp_state_dict: dict[str, torch.Tensor] | None = None  # released MTP weights, if any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def draft_vocab_size(self) -> int:
+        return int(self.draft_to_target.numel())
 
 
 def _dense_ffn_width(cfg) -> int:

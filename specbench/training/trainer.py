@@ -1,8 +1,8 @@
 """Train one draft with one loss on the cached target features.
 
 The target never runs here: every (architecture, loss, seed) reads the same cache. The
-trainer gathers, for each anchor and draft step ``k``, the target distribution ``p_{anchor+k}``
-and the target token ``x_{anchor+1+k}``, then hands ``[N, K, V]`` tensors to the loss.
+trainer aligns each anchor and draft step with the target's distribution and token
+(:func:`specbench.drafts.align.align`), then hands ``[N, K, V]`` tensors to the loss.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from specbench.drafts.align import StepTargets, align
 from specbench.drafts.base import Draft
-from specbench.targets.features import FeatureCache
+from specbench.features.cache import FeatureCache
+from specbench.features.vocab import target_to_draft_map
 
 
 @dataclass
@@ -29,47 +31,6 @@ class TrainSettings:
     k: int  # K draft positions
     seed: int
     micro_batch_size: int | None = None  # None: the whole batch in one forward/backward
-
-
-@dataclass
-class StepTargets:
-    logits: torch.Tensor  # [N, K, V] draft logits
-    target_logprobs: torch.Tensor  # [N, K, V] full-vocab-normalised log p, sliced
-    target_argmax: torch.Tensor  # [N, K] target id of the target's argmax
-    labels: torch.Tensor  # [N, K] draft-vocab id of the target token, -100 if outside
-    mask: torch.Tensor  # [N, K] bool
-
-
-def target_to_draft_map(draft_to_target: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Inverse id map: target id → draft id, ``-100`` for tokens outside the draft vocab."""
-    inv = torch.full((vocab_size,), -100, dtype=torch.long)
-    inv[draft_to_target] = torch.arange(draft_to_target.numel())
-    return inv
-
-
-def align(draft: Draft, batch: dict, k: int, t2d: torch.Tensor, generator=None):
-    """Run the draft's training forward and gather the matching target quantities."""
-    out = draft.forward_train(
-        batch["features"], batch["input_ids"], batch["attention_mask"], k, generator
-    )
-    anchors = out.anchors  # [B, A]
-    b_idx = torch.arange(anchors.shape[0], device=anchors.device)[:, None, None]
-    steps = torch.arange(1, k + 1, device=anchors.device)[None, None, :]
-    pos = anchors[:, :, None] + steps  # position whose next-token distribution step j matches
-    width = batch["input_ids"].shape[1]
-    in_range = pos + 1 < width
-    pos_c = pos.clamp(max=width - 1)
-    nxt = (pos + 1).clamp(max=width - 1)
-    mask = in_range & batch["loss_mask"][b_idx, pos_c] & batch["attention_mask"][b_idx, nxt]
-    labels = t2d[batch["input_ids"][b_idx, nxt]]
-    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
-    return StepTargets(
-        logits=flat(out.logits),
-        target_logprobs=flat(batch["logprobs"][b_idx, pos_c]),
-        target_argmax=flat(batch["target_argmax"][b_idx, pos_c]),
-        labels=flat(labels),
-        mask=flat(mask),
-    )
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:

@@ -5,8 +5,8 @@ sys.path.insert(0, "workflow/scripts")
 from _common import setup  # noqa: E402
 
 from specbench.data.generate import read_jsonl  # noqa: E402
+from specbench.features.vocab import build_draft_vocab  # noqa: E402
 from specbench.io import atomic_write_text  # noqa: E402
-from specbench.targets.features import build_draft_vocab  # noqa: E402
 from specbench.targets.loading import load_tokenizer  # noqa: E402
 
 cfg = setup(snakemake)

@@ -8,10 +8,10 @@ import torch
 from _common import setup
 
 from specbench.drafts import build_draft
+from specbench.features.cache import FeatureCache
 from specbench.io import atomic_write_text
 from specbench.jobs.gpus import claim_gpus
 from specbench.losses import build as build_loss
-from specbench.targets.features import FeatureCache
 from specbench.targets.info import target_info_from_checkpoint
 from specbench.targets.launch import rank_device
 from specbench.training.trainer import TrainSettings, train_draft

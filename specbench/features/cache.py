@@ -1,4 +1,4 @@
-"""Target feature cache: the target runs once per (target, split); every draft × loss reuses it.
+"""The target feature cache: written once per (target, split), read by every draft × loss.
 
 Per cached token position ``i`` of a sequence we keep
 - ``features[i]``: hidden states of the (low, mid, high, last) layers, ``[4, d]``;
@@ -13,7 +13,6 @@ only for one chunk of positions at a time.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,22 +20,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from specbench.io import tmp_path_for
-from specbench.targets.runner import TargetRunner
-
-
-def build_draft_vocab(
-    responses: list[list[int]], size: int, always: tuple[int, ...] = ()
-) -> tuple[torch.Tensor, float]:
-    """Most frequent response tokens (plus ``always``); returns (draft→target ids, coverage).
-
-    Coverage is the fraction of response tokens inside the draft vocabulary: an upper bound
-    on what any draft can be accepted on.
-    """
-    counts = Counter(t for r in responses for t in r)
-    keep = list(dict.fromkeys([*always, *(t for t, _ in counts.most_common())]))[:size]
-    total = sum(counts.values())
-    covered = sum(counts[t] for t in keep)
-    return torch.tensor(sorted(keep), dtype=torch.long), covered / max(total, 1)
 
 
 @dataclass
@@ -55,59 +38,6 @@ class Sequence:
     @property
     def ids(self) -> list[int]:
         return self.prompt_ids + self.response_ids + self.lookahead_ids
-
-
-@torch.no_grad()
-def compute_features(
-    runner: TargetRunner,
-    sequences: list[Sequence],
-    draft_to_target: torch.Tensor,
-    batch_size: int = 8,
-    vocab_chunk_positions: int = 512,
-    progress=None,
-) -> dict[str, torch.Tensor]:
-    """Run the target over whole sequences (right-padded batches) and slice what drafts need."""
-    feats, logps, argmax, ids, mask = [], [], [], [], []
-    dt = draft_to_target.to(runner.device)
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
-        toks = [s.ids for s in batch]
-        width = max(len(t) for t in toks)
-        inp = torch.zeros((len(batch), width), dtype=torch.long)
-        att = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, t in enumerate(toks):
-            inp[r, : len(t)] = torch.tensor(t)
-            att[r, : len(t)] = 1
-        step = runner.forward(inp, attention_mask=att, use_cache=False)
-        for r, (s, t) in enumerate(zip(batch, toks, strict=True)):
-            n = len(t)
-            logits = step.logits[r, :n]
-            # normalise over the full vocabulary chunk by chunk, keep only the draft slice
-            for c in range(0, n, vocab_chunk_positions):
-                chunk = logits[c : c + vocab_chunk_positions].float()
-                logps.append(torch.log_softmax(chunk, dim=-1).index_select(-1, dt).cpu())
-                argmax.append(chunk.argmax(-1).cpu())
-            feats.append(step.features[r, :n].float().cpu())
-            ids.append(torch.tensor(t))
-            m = torch.zeros(n, dtype=torch.bool)
-            # the next token is a response token (not prompt, not look-ahead)
-            m[len(s.prompt_ids) - 1 : len(s.prompt_ids) + len(s.response_ids) - 1] = True
-            mask.append(m)
-        del step
-        if progress:
-            progress(min(start + batch_size, len(sequences)), len(sequences))
-    lengths = torch.tensor([len(s.ids) for s in sequences])
-    return {
-        "features": torch.cat(feats),
-        "logprobs": torch.cat(logps),
-        "target_argmax": torch.cat(argmax),
-        "input_ids": torch.cat(ids),
-        "loss_mask": torch.cat(mask),
-        "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-        "prompt_len": torch.tensor([len(s.prompt_ids) for s in sequences]),
-        "prompt_index": torch.tensor([s.prompt_index for s in sequences]),
-        "draft_to_target": draft_to_target.cpu(),
-    }
 
 
 def concat_caches(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,50 @@
+"""Align a draft's training forward with the target quantities it is scored against.
+
+For each anchor ``i`` and draft step ``j = 1..K`` (convention: :mod:`specbench.drafts.base`),
+step ``j`` predicts ``x_{i+1+j}`` against the target distribution ``p_{i+j}``. Training
+(the loss) and evaluation (expected τ) both read these ``[N, K, ...]`` tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specbench.drafts.base import Draft
+
+
+@dataclass
+class StepTargets:
+    logits: torch.Tensor  # [N, K, V] draft logits
+    target_logprobs: torch.Tensor  # [N, K, V] full-vocab-normalised log p, sliced
+    target_argmax: torch.Tensor  # [N, K] target id of the target's argmax
+    labels: torch.Tensor  # [N, K] draft-vocab id of the target token, -100 if outside
+    mask: torch.Tensor  # [N, K] bool
+
+
+def align(
+    draft: Draft, batch: dict, k: int, t2d: torch.Tensor, generator: torch.Generator | None = None
+) -> StepTargets:
+    """Run the draft's training forward and gather the matching target quantities."""
+    out = draft.forward_train(
+        batch["features"], batch["input_ids"], batch["attention_mask"], k, generator
+    )
+    anchors = out.anchors  # [B, A]
+    b_idx = torch.arange(anchors.shape[0], device=anchors.device)[:, None, None]
+    steps = torch.arange(1, k + 1, device=anchors.device)[None, None, :]
+    pos = anchors[:, :, None] + steps  # position whose next-token distribution step j matches
+    width = batch["input_ids"].shape[1]
+    in_range = pos + 1 < width
+    pos_c = pos.clamp(max=width - 1)
+    nxt = (pos + 1).clamp(max=width - 1)
+    mask = in_range & batch["loss_mask"][b_idx, pos_c] & batch["attention_mask"][b_idx, nxt]
+    labels = t2d[batch["input_ids"][b_idx, nxt]]
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    return StepTargets(
+        logits=flat(out.logits),
+        target_logprobs=flat(batch["logprobs"][b_idx, pos_c]),
+        target_argmax=flat(batch["target_argmax"][b_idx, pos_c]),
+        labels=flat(labels),
+        mask=flat(mask),
+    )

@@ -1,0 +1,12 @@
+"""What a draft reads about its target, independent of how the target was run.
+
+- :mod:`.cache`: the feature cache file (per position: stacked hidden states, sliced
+  log-probabilities, argmax, loss mask) and padded batches of it;
+- :mod:`.vocab`: the truncated draft vocabulary and its id maps.
+
+Feature layout: features are stacked as ``[..., F, d]`` with ``F = 4``: hidden states of a
+low, a middle and a high layer of the target, then the final (normed) hidden state that feeds
+the LM head (:func:`specbench.targets.runner.feature_layer_indices` picks the layers).
+"""
+
+LOW, MID, HIGH, LAST = range(4)
