@@ -1,8 +1,11 @@
-"""The experiment-matrix config: typed, and forbidding unknown keys at every level.
+"""The experiment-matrix config: one typed model, the single source of truth for its schema.
 
-Snakemake validates the raw YAML against ``workflow/schemas/config.schema.yaml`` first (shape
-and types); :func:`load_config` then checks what only the code knows — registered loss and
-architecture names, per-architecture limits — and returns typed settings.
+:func:`load_config` validates a raw mapping (YAML, or Snakemake's ``config`` with
+``--config`` overrides) and returns typed settings; its errors name the key and the valid
+choices (registered losses, architectures and domains). Command-line list items arrive as
+strings (``--config seeds=[0]``), so numeric axes are coerced. ``workflow/schemas/
+config.schema.json`` is generated from these models (``python -m specbench.config``) for
+editors and ``snakemake --lint``; a test keeps it in sync.
 """
 
 from __future__ import annotations
@@ -11,22 +14,22 @@ import re
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
-    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from specbench.data.sources import DOMAINS
+from specbench.data.domains import DOMAINS
+from specbench.data.hub import DatasetSource
+from specbench.data.splits import PROMPT_LISTS
+from specbench.schema import Strict
+from specbench.training.config import TrainConfig
 
 GGUF_PREFIX = "gguf:"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# names that only registries know, as types: the generated JSON schema lists them too
+DomainName = Literal[tuple(sorted(DOMAINS))]  # type: ignore[valid-type]
+PromptList = Literal[PROMPT_LISTS]  # type: ignore[valid-type]
 
 
 class TargetConfig(Strict):
@@ -42,41 +45,6 @@ class TargetConfig(Strict):
         return self.model.startswith(GGUF_PREFIX)
 
 
-SPLITS = ("train", "eval")
-
-
-class DatasetSource(Strict):
-    """Where one domain's train or eval prompts come from instead of the offline default.
-
-    ``dataset`` is a hub id (``openai/gsm8k``), a folder written by ``save_to_disk``, a folder of
-    data files (e.g. a downloaded hub snapshot, whose README names the configs), or one
-    ``.jsonl``/``.json``/``.parquet``/``.csv`` file. ``field`` is the text column; a chat column
-    (``[{"from": "human", "value": ...}]`` or ``[{"role": "user", "content": ...}]``) gives its
-    first user turn. ``filter`` keeps rows whose columns equal the given values (all of them).
-    """
-
-    dataset: str = Field(min_length=1)
-    config: str | None = None  # hub config name; quote it in YAML (0625 is the number 405)
-    split: str = Field("train", min_length=1)
-    field: str = Field(min_length=1)
-    filter: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    shuffle_seed: StrictInt | None = None  # None: rows in stored order (YAML true is no seed)
-
-    @field_validator("config", mode="before")
-    @classmethod
-    def _config_is_text(cls, v: Any) -> Any:
-        if v is not None and not isinstance(v, str):
-            raise ValueError(f"config must be a string: quote it in the YAML (got {v!r})")
-        return v
-
-    def describe(self) -> str:
-        """A one-line name of this source for logs and the prompts payload."""
-        name = self.dataset + (f"[{self.config}]" if self.config else "")
-        extra = "".join(f",{k}={v}" for k, v in self.filter.items())
-        seed = "" if self.shuffle_seed is None else f",shuffle_seed={self.shuffle_seed}"
-        return f"{name}:{self.split}/{self.field}{extra}{seed}"
-
-
 class DataConfig(Strict):
     train_prompts_per_domain: int = Field(gt=0)
     eval_prompts_per_domain: int = Field(gt=0)
@@ -88,7 +56,7 @@ class DataConfig(Strict):
     train_temperature: float = Field(1.0, ge=0)
     draft_vocab_size: int = Field(gt=0)
     # domain → split → source; a domain/split not listed keeps the offline default
-    sources: dict[str, dict[str, DatasetSource]] = Field(default_factory=dict)
+    sources: dict[DomainName, dict[PromptList, DatasetSource]] = Field(default_factory=dict)
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -97,38 +65,17 @@ class DataConfig(Strict):
             return v  # pydantic reports the type
         for domain, splits in v.items():
             if domain not in DOMAINS:
-                raise ValueError(f"unknown domain {domain!r}; valid: {list(DOMAINS)}")
+                raise ValueError(f"unknown domain {domain!r}; valid: {sorted(DOMAINS)}")
             for split in splits if isinstance(splits, dict) else ():
-                if split not in SPLITS:
-                    raise ValueError(f"{domain}: unknown split {split!r}; valid: {list(SPLITS)}")
+                if split not in PROMPT_LISTS:
+                    raise ValueError(
+                        f"{domain}: unknown split {split!r}; valid: {list(PROMPT_LISTS)}"
+                    )
         return v
 
     def source(self, domain: str, split: str) -> DatasetSource | None:
         """The configured source of a domain's split, or None for the offline default."""
         return self.sources.get(domain, {}).get(split)
-
-
-class TrainConfig(Strict):
-    k: int = Field(gt=0)
-    steps: int = Field(gt=0)
-    batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(ge=0)
-    grad_clip: float = Field(gt=0)
-    # sequences per forward/backward; gradients of batch_size / micro_batch_size of them are
-    # accumulated into one optimizer step (None: the whole batch at once)
-    micro_batch_size: int | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _micro_divides_batch(self) -> TrainConfig:
-        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"train.micro_batch_size {self.micro_batch_size} must divide "
-                f"train.batch_size {self.batch_size}"
-            )
-        return self
 
 
 class EvalConfig(Strict):
@@ -145,7 +92,7 @@ class Config(Strict):
     targets: dict[str, TargetConfig]
     draft_archs: list[str] = Field(min_length=1)
     losses: list[str] = Field(min_length=1)
-    domains: list[Literal["general", "code", "math"]] = Field(min_length=1)  # = DOMAINS
+    domains: list[DomainName] = Field(min_length=1)
     temperatures: list[Literal[0, 1]] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     baseline_loss: str = "kl"
@@ -162,6 +109,26 @@ class Config(Strict):
         for name in v:
             if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
                 raise ValueError(f"target name {name!r}: use letters, digits, '.', '_', '-'")
+        return v
+
+    @field_validator("seeds", "temperatures", mode="before")
+    @classmethod
+    def _numbers_from_command_line(cls, v: Any) -> Any:
+        """``--config seeds=[0,1]`` passes ``["0", "1"]``: read integer strings as integers."""
+        if isinstance(v, list):
+            return [
+                int(x) if isinstance(x, str) and re.fullmatch(r"-?\d+", x.strip()) else x for x in v
+            ]
+        return v
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _domains(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v  # pydantic reports the type
+        bad = [d for d in v if d not in DOMAINS]
+        if bad:
+            raise ValueError(f"unknown domain(s) {bad}; valid: {sorted(DOMAINS)}")
         return v
 
     @field_validator("draft_archs")
@@ -234,3 +201,20 @@ def load_config(raw: dict[str, Any]) -> Config:
                 msg = "unknown key (not in the schema)"
             lines.append(f"  {where}: {msg}")
         raise ConfigError("invalid specbench config:\n" + "\n".join(lines)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of :class:`Config` (what ``workflow/schemas/config.schema.json`` holds)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = (
+        "specbench experiment matrix; generated from specbench.config (python -m "
+        "specbench.config > workflow/schemas/config.schema.json): edit the models, not this file"
+    )
+    return schema
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(json_schema(), indent=1))

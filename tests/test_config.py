@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import jsonschema
@@ -12,7 +13,7 @@ import yaml
 from specbench.config import ConfigError, load_config, loss_slug
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = json.loads((ROOT / "workflow/schemas/config.schema.json").read_text())
 
 
 def raw(name: str = "smoke") -> dict:
@@ -103,3 +104,30 @@ def test_loss_specs_are_canonicalised_and_slugs_are_path_safe():
         slug = loss_slug(spec)
         assert all(ch.isalnum() or ch in "_.-" for ch in slug), slug
     assert len({loss_slug(s) for s in c.losses}) == len(c.losses)
+
+
+def test_schema_file_is_generated_from_the_models():
+    """``workflow/schemas/config.schema.json`` is the models' schema, not a second copy."""
+    from specbench.config import json_schema
+
+    assert SCHEMA == json.loads(json.dumps(json_schema())), (
+        "regenerate it: python -m specbench.config > workflow/schemas/config.schema.json"
+    )
+
+
+def test_numeric_axes_from_the_command_line_are_coerced():
+    """``--config seeds=[0] temperatures=[1]`` gives strings; they are read as integers."""
+    cfg = raw()
+    cfg.update(seeds=["0", "3"], temperatures=["1"])
+    loaded = load_config(cfg)
+    assert loaded.seeds == [0, 3] and loaded.temperatures == [1]
+    cfg.update(seeds=["zero"])
+    with pytest.raises(ConfigError, match="seeds.0"):
+        load_config(cfg)
+
+
+def test_unknown_domain_names_the_registered_ones():
+    cfg = raw()
+    cfg["domains"] = ["general", "poetry"]
+    with pytest.raises(ConfigError, match=r"unknown domain\(s\) \['poetry'\]; valid: \["):
+        load_config(cfg)

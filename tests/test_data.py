@@ -12,10 +12,10 @@ import yaml
 from specbench.config import ConfigError, load_config
 from specbench.data.generate import split_at_eos
 from specbench.data.math_problems import word_problems
-from specbench.data.sources import DOMAINS, eval_prompts, train_prompts
+from specbench.data.domains import DOMAINS, eval_prompts, train_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = json.loads((ROOT / "workflow/schemas/config.schema.json").read_text())
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
@@ -36,7 +36,7 @@ def test_eval_sources_are_the_real_benchmarks():
 
 
 def test_unknown_domain():
-    with pytest.raises(ValueError, match="valid: \\['general', 'code', 'math'\\]"):
+    with pytest.raises(ValueError, match="valid: \\['code', 'general', 'math'\\]"):
         eval_prompts("poetry", 1)
 
 
@@ -239,7 +239,10 @@ GOOD_SOURCES = [
     {"code": {"train": {"dataset": "/data/code.jsonl", "field": "prompt"}, "eval": HUB_SOURCE}},
 ]
 BAD_SOURCES = [  # (sources, what the pydantic error names)
-    ({"poetry": {"eval": HUB_SOURCE}}, "sources: unknown domain 'poetry'; valid: \\['general',"),
+    (
+        {"poetry": {"eval": HUB_SOURCE}},
+        "sources: unknown domain 'poetry'; valid: \\['code', 'general',",
+    ),
     ({"math": {"test": HUB_SOURCE}}, "math: unknown split 'test'; valid: \\['train', 'eval'\\]"),
     ({"math": {"eval": {**HUB_SOURCE, "column": "q"}}}, "sources.math.eval.column: unknown key"),
     ({"math": {"eval": {"dataset": "openai/gsm8k"}}}, "sources.math.eval.field"),

@@ -9,6 +9,7 @@ sharing one ZeRO-3 target; outputs must be identical, timings aside.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +23,10 @@ from repo_copy import copy_repo
 from safetensors.torch import load_file
 
 from specbench.config import load_config
-from specbench.drafts import build_draft
-from specbench.features.cache import FeatureCache
 from specbench.features.vocab import build_draft_vocab
-from specbench.jobs import Job, launch, launcher_command
-from specbench.losses import build as build_loss
-from specbench.targets.info import target_info_from_checkpoint
+from specbench.jobs import STAGES, Job, launch, launcher_command
 from specbench.targets.loading import load_tokenizer
-from specbench.targets.tiny import tiny_llama
-from specbench.training.trainer import TrainSettings, train_draft
+from tiny import tiny_llama
 
 pytestmark = ZERO3_MARKS
 
@@ -88,7 +84,7 @@ def stage_jobs(root: Path, cfg: dict, draft: Path, ranks: int) -> dict[str, list
     wc_eval = {"target": "tiny", "arch": "eagle3", "loss": "kl", "seed": "0"}
     common = {"config": cfg, "params": {"model": cfg["targets"]["tiny"]["model"]}, "ranks": ranks}
     resp = {s: root / "responses" / s / "general.jsonl" for s in SPLITS}
-    cache = {s: root / "features" / s / ("all" if s == "train" else "general") for s in SPLITS}
+    cache = {s: root / "features" / ("train" if s == "train" else f"{s}/general") for s in SPLITS}
     jobs = {
         "responses": [
             Job("responses", wildcards={"target": "tiny", "split": s, "domain": "general"},
@@ -96,13 +92,14 @@ def stage_jobs(root: Path, cfg: dict, draft: Path, ranks: int) -> dict[str, list
             for s in SPLITS
         ],
         "features": [
-            Job("features", wildcards={"target": "tiny", "split": s, "name": cache[s].name},
+            Job("features_train" if s == "train" else "features_eval",
+                wildcards={"target": "tiny", "split": s, "domain": "general"},
                 input={"responses": [str(resp[s])], "vocab": str(root.parent / "vocab.json")},
                 output={"cache": f"{cache[s]}.safetensors"}, **common)
             for s in SPLITS
         ],
         "evaluate": [
-            Job("evaluate", wildcards=wc_eval,
+            Job("evaluate_draft", wildcards=wc_eval,
                 input={"draft": str(draft / "model.safetensors"),
                        "caches": [f"{cache[s]}.safetensors" for s in SPLITS[1:]]},
                 output={"metrics": str(root / "eval" / "metrics.json"),
@@ -121,15 +118,14 @@ def write_vocab(root: Path, target: Path, one: Path) -> None:
     (root / "vocab.json").write_text(json.dumps({"draft_to_target": d2t.tolist()}))
 
 
-def train_tiny_draft(target: Path, cache_path: Path, out: Path) -> None:
-    """A 3-step EAGLE-3 draft on the one-process run's training features."""
-    cache = FeatureCache(cache_path)
-    info = target_info_from_checkpoint(str(target), cache.draft_to_target)
-    torch.manual_seed(0)
-    draft = build_draft("eagle3", info, intermediate_size=64)
-    s = TrainSettings(3, 2, 1e-3, (0.9, 0.95), 0.0, 1, 0.5, k=3, seed=0)
-    train_draft(draft, build_loss("kl"), cache, s, log=lambda *a: None)
-    draft.save(out)
+def train_tiny_draft(cfg: dict, target: Path, cache_path: Path, out: Path) -> None:
+    """A 3-step EAGLE-3 draft on the one-process run's training features: the rule's job."""
+    cfg = {**cfg, "train": {**cfg["train"], "steps": 3, "batch_size": 2, "k": 3}}
+    cfg["arch_hparams"] = {"eagle3": {"intermediate_size": 64}}
+    wc = {"target": "tiny", "arch": "eagle3", "loss": "kl", "seed": "0"}
+    files = {"model": str(out / "model.safetensors"), "log_csv": str(out / "train_log.csv")}
+    launch(Job("train_draft", cfg, wc, {"cache": str(cache_path)}, files,
+               params={"model": str(target), "loss": "kl"}))  # fmt: skip
 
 
 def run_ranks(jobs: list[Job], folder: Path, ranks: int) -> str:
@@ -153,7 +149,9 @@ def runs(target, tmp_path_factory) -> dict[str, Path]:
     write_vocab(root, target, out["one"])
     for job in one["features"]:
         launch(job)
-    train_tiny_draft(target, out["one"] / "features/train/all.safetensors", draft)
+    train_tiny_draft(
+        config(target, "hf", 1), target, out["one"] / "features/train.safetensors", draft
+    )
     launch(one["evaluate"][0])
     for mode, engine in (("hf2", "hf"), ("zero3x2", "zero3")):
         jobs = stage_jobs(out[mode], config(target, engine, 2), draft, 2)
@@ -176,7 +174,7 @@ def test_responses_do_not_depend_on_ranks(runs, mode):
 
 @pytest.mark.parametrize("mode", ["hf2", "zero3x2"])
 def test_features_do_not_depend_on_ranks(runs, mode):
-    for rel in ("train/all", "eval_t0/general", "eval_t1/general"):
+    for rel in ("train", "eval_t0/general", "eval_t1/general"):
         one = load_file(runs["one"] / f"features/{rel}.safetensors")
         many = load_file(runs[mode] / f"features/{rel}.safetensors")
         assert one.keys() == many.keys()
@@ -238,5 +236,5 @@ def test_a_failed_rank_fails_the_launch(target, tmp_path):
 
 
 def test_unknown_stage_names_the_valid_ones():
-    with pytest.raises(ValueError, match="valid: \\['responses', 'features', 'evaluate'\\]"):
+    with pytest.raises(ValueError, match=re.escape(f"valid: {list(STAGES)}")):
         Job("generate", config={}, wildcards={}, input={}, output={})

@@ -55,8 +55,8 @@ def test_smoke_matrix_writes_tables_and_plots(smoke_run):
     )
     assert len(tau) == cells
     for col in (
-        "tau",
-        "tau_se",
+        "tau_live",
+        "tau_live_se",
         "tau_expected",
         "tau_expected_se",
         "n_prompts",
@@ -67,8 +67,8 @@ def test_smoke_matrix_writes_tables_and_plots(smoke_run):
         "mbsu",
     ):
         assert col in tau.columns, col
-    assert (tau["tau"] >= 1).all() and (tau["tau_expected"] >= 1).all()  # bonus token counted
-    assert (tau["tau"] <= tau["k_eval"] + 1).all()
+    assert (tau["tau_live"] >= 1).all() and (tau["tau_expected"] >= 1).all()  # bonus token counted
+    assert (tau["tau_live"] <= tau["k_eval"] + 1).all()
     gains = pd.read_csv(smoke_run / "results/tables/gains.csv")
     assert len(gains) == cells // len(cfg["losses"]) * (len(cfg["losses"]) - 1) // len(cfg["seeds"])
     assert (gains["tau_expected_ci_lo"] <= gains["tau_expected_gain_pct"]).all()
@@ -144,4 +144,4 @@ def test_killed_run_leaves_no_partial_output_and_resumes(smoke_run):
     proc = _snakemake(smoke_run, target, "--configfile", "configs/smoke.yaml", "--rerun-incomplete")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (draft / "model.safetensors").exists()
-    assert pd.read_csv(smoke_run / "results/tables/tau.csv")["tau"].notna().all()
+    assert pd.read_csv(smoke_run / "results/tables/tau.csv")["tau_live"].notna().all()

@@ -44,14 +44,14 @@ def test_tau_counts_the_bonus_token_and_gains_are_paired():
     )
     pp["accepted_plus_rounds"] = pp["accepted_sum"] + pp["rounds"]
     tau = tau_table(pp).set_index("loss")
-    assert tau.loc["kl", "tau"] == 1 + 30 / 30  # (accepted + 1) per round
+    assert tau.loc["kl", "tau_live"] == 1 + 30 / 30  # (accepted + 1) per round
     assert tau.loc["kl", "tau_expected"] == 60.0 / 30
-    assert tau.loc["lk_lambda", "mbsu"] == tau.loc["lk_lambda", "tau"] / (2 * 0.1 + 1)
+    assert tau.loc["lk_lambda", "mbsu"] == tau.loc["lk_lambda", "tau_live"] / (2 * 0.1 + 1)
     assert tau.loc["kl", "a_1"] == (6 + 7 + 5) / 30
     gains = gains_table(pp, "kl", n_boot=200)
     row = gains.iloc[0]
     assert row["loss"] == "lk_lambda"
     assert abs(row["tau_expected_gain_pct"] - 10.0) < 1e-9  # every prompt +10%: CI collapses
     assert abs(row["tau_expected_ci_lo"] - 10.0) < 1e-9
-    assert abs(row["tau_gain_pct"] - 100 * (75 / 60 - 1)) < 1e-9
+    assert abs(row["tau_live_gain_pct"] - 100 * (75 / 60 - 1)) < 1e-9
     assert "+10.0 [+10.0, +10.0]" in gains_markdown(gains)

@@ -15,8 +15,8 @@ from specbench.losses import build as build_loss
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
-from specbench.targets.tiny import tiny_llama
-from specbench.training.trainer import TrainSettings, accumulate_gradients, cosine_lr, train_draft
+from tiny import tiny_llama
+from specbench.training.trainer import accumulate_gradients, cosine_lr, train_draft
 
 D2T = torch.arange(0, 64, 2)  # every other target token is in the draft vocabulary
 QUIET = lambda *args: None  # noqa: E731 (no training log)
@@ -39,10 +39,10 @@ def setup(tmp_path_factory):
     return FeatureCache(path), build_draft("medusa", info, num_heads=3)
 
 
-def settings(**kw) -> TrainSettings:
+def settings(**kw) -> TrainConfig:
     base = dict(steps=3, batch_size=4, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
-    base.update(warmup_steps=1, grad_clip=1e9, k=3, seed=0)
-    return TrainSettings(**{**base, **kw})
+    base.update(warmup_steps=1, grad_clip=1e9, k=3)
+    return TrainConfig(**{**base, **kw})
 
 
 def grads(draft) -> dict[str, torch.Tensor]:
@@ -52,18 +52,17 @@ def grads(draft) -> dict[str, torch.Tensor]:
 def test_micro_batches_accumulate_the_mean_of_their_gradients(setup):
     cache, draft = setup
     draft = copy.deepcopy(draft).train()
-    loss_fn, s = build_loss("kl"), settings(micro_batch_size=2)
+    loss_fn = build_loss("kl")
     t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size)
     gen, cpu = torch.Generator(), torch.device("cpu")
     idx = [5, 0, 3, 1]
     draft.zero_grad()
-    loss, alpha = accumulate_gradients(draft, loss_fn, cache, idx, s, t2d, gen, cpu)
+    loss, alpha = accumulate_gradients(draft, loss_fn, cache, idx, 3, 2, t2d, gen, cpu)
     together = grads(draft)
     halves, losses = [], []
     for part in (idx[:2], idx[2:]):  # each half as a whole batch of its own
         draft.zero_grad()
-        one = settings(batch_size=2)
-        losses.append(accumulate_gradients(draft, loss_fn, cache, part, one, t2d, gen, cpu)[0])
+        losses.append(accumulate_gradients(draft, loss_fn, cache, part, 3, None, t2d, gen, cpu)[0])
         halves.append(grads(draft))
     assert together.keys() == halves[0].keys() and together
     for name, g in together.items():
@@ -78,7 +77,7 @@ def test_micro_batch_equal_to_batch_changes_nothing(setup):
     for micro in (None, 4):
         d = copy.deepcopy(draft)
         s = settings(micro_batch_size=micro)
-        records = train_draft(d, build_loss("kl"), cache, s, log=QUIET)
+        records = train_draft(d, build_loss("kl"), cache, s, 0, log=QUIET)
         runs.append((records, d.state_dict()))
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
     assert strip(runs[0][0]) == strip(runs[1][0])
@@ -88,7 +87,12 @@ def test_micro_batch_equal_to_batch_changes_nothing(setup):
 def test_training_lowers_the_loss(setup):
     cache, draft = setup
     records = train_draft(
-        copy.deepcopy(draft), build_loss("kl"), cache, settings(steps=30, batch_size=6), log=QUIET
+        copy.deepcopy(draft),
+        build_loss("kl"),
+        cache,
+        settings(steps=30, batch_size=6),
+        0,
+        log=QUIET,
     )
     assert records[-1]["loss"] < 0.8 * records[0]["loss"]
 

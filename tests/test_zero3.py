@@ -316,7 +316,7 @@ def test_ds_config_and_settings():
 
 
 def test_lockstep_batches():
-    from specbench.targets.launch import lockstep_batches
+    from specbench.dist import lockstep_batches
 
     items = list("abcde")
     shares = [lockstep_batches(items, r, 3) for r in range(3)]

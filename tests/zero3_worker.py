@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from specbench.targets.launch import Lockstep, lockstep_batches, rank_and_world
+from specbench.dist import Lockstep, lockstep_batches, rank_and_world
 from specbench.targets.loading import load_target
 from specbench.targets.runner import TargetRunner
 from specbench.targets.zero3 import shutdown, zero3_target_info

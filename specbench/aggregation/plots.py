@@ -12,6 +12,13 @@ import pandas as pd  # noqa: E402
 
 def plot_gains(gains: pd.DataFrame, path: str, measure: str = "tau_expected") -> None:
     """One panel per (draft arch, temperature); bars per loss, grouped by domain, 95% CIs."""
+    if gains.empty:  # a one-loss matrix: say so instead of failing
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "one loss only: no gains to compare", ha="center", va="center")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     panels = list(gains.groupby(["draft_arch", "temperature"], sort=True))
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 4))
     axes = np.atleast_1d(axes)
@@ -64,3 +71,9 @@ def plot_acceptance(tau: pd.DataFrame, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_plots(tau_csv: str, gains_csv: str, gains_png: str, acceptance_png: str) -> None:
+    """Both plots of a matrix from its ``tau.csv`` and ``gains.csv``."""
+    plot_gains(pd.read_csv(gains_csv), gains_png)
+    plot_acceptance(pd.read_csv(tau_csv), acceptance_png)

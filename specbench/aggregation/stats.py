@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-_STATS = ("ratio of means", "difference of means")
-
 
 def _prep(values, clusters) -> tuple[np.ndarray, np.ndarray, int]:
     """Float values, integer cluster codes 0..G-1 and G; checks shapes."""
@@ -99,67 +97,5 @@ def paired_ratio_bootstrap(
     reps = reps[np.isfinite(reps)]
     if reps.size == 0:
         return est, float("nan"), float("nan")
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return est, float(lo), float(hi)
-
-
-def paired_clustered_se(
-    a, b, clusters, stat: str = "difference of means", correction: str = "CR1"
-) -> tuple[float, float]:
-    """Estimate and clustered SE of a paired comparison of ``b`` against ``a``.
-
-    ``difference of means``: ``mean(b) − mean(a)``, the clustered SE of the mean of ``b − a``.
-    ``ratio of means``: ``Δ% = 100·(mean(b)/mean(a) − 1)`` with a delta-method SE: the
-    linearisation of ``r = ȳ_b/ȳ_a`` has influence values ``(b_i − r·a_i)/ȳ_a``.
-    """
-    av, codes, g = _prep(a, clusters)
-    bv, _, _ = _prep(b, clusters)
-    if av.shape != bv.shape:
-        raise ValueError("a and b must be paired observations of equal length")
-    if stat == "difference of means":
-        d = bv - av
-        return float(d.mean()), _cluster_se(d - d.mean(), codes, g, correction)
-    if stat == "ratio of means":
-        r = bv.mean() / av.mean()
-        infl = (bv - r * av) / av.mean()  # has mean exactly 0
-        return 100.0 * (r - 1.0), 100.0 * _cluster_se(infl, codes, g, correction)
-    raise ValueError(f"stat must be one of {_STATS}, not {stat!r}")
-
-
-def paired_bootstrap_ci(
-    a,
-    b,
-    clusters,
-    stat: str = "ratio of means",
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float, float]:
-    """(estimate, lo, hi): percentile cluster bootstrap of a paired comparison of b vs a.
-
-    Whole clusters (prompts) are resampled with replacement, keeping ``a`` and ``b`` of an
-    observation together, and the pooled means are recomputed from the resampled clusters'
-    sums and sizes. ``ratio of means`` gives ``Δ% = 100·(mean(b)/mean(a) − 1)``;
-    ``difference of means`` gives ``mean(b) − mean(a)``.
-    """
-    av, codes, g = _prep(a, clusters)
-    bv, _, _ = _prep(b, clusters)
-    if av.shape != bv.shape:
-        raise ValueError("a and b must be paired observations of equal length")
-    if stat not in _STATS:
-        raise ValueError(f"stat must be one of {_STATS}, not {stat!r}")
-    sum_a = np.bincount(codes, weights=av, minlength=g)
-    sum_b = np.bincount(codes, weights=bv, minlength=g)
-    size = np.bincount(codes, minlength=g).astype(np.float64)
-    if stat == "ratio of means":
-        return paired_ratio_bootstrap(sum_a, size, sum_b, size, n_boot, seed, level)
-
-    def compute(w: np.ndarray) -> np.ndarray:  # w: [..., G] cluster multiplicities
-        return (w @ sum_b) / (w @ size) - (w @ sum_a) / (w @ size)
-
-    est = float(compute(np.ones(g)))
-    rng = np.random.default_rng(seed)
-    w = rng.multinomial(g, np.full(g, 1.0 / g), size=n_boot).astype(np.float64)
-    reps = compute(w)
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return est, float(lo), float(hi)

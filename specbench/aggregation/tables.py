@@ -15,12 +15,16 @@ import numpy as np
 import pandas as pd
 
 from specbench.aggregation.stats import paired_ratio_bootstrap, ratio_of_sums_se
+from specbench.io import atomic_write_text
 
 CELL = ["target", "draft_arch", "loss", "domain", "temperature", "seed"]
-MEASURES = {  # name -> (numerator column, denominator column)
-    "tau": ("accepted_plus_rounds", "rounds"),
-    "tau_expected": ("tau_expected_sum", "anchors"),
+# every τ measure is a ratio of per-prompt sums: name -> (numerator, denominator column)
+MEASURES = {
+    "tau_live": ("accepted_plus_rounds", "rounds"),  # live decoding (T=1) / exact replay (T=0)
+    "tau_expected": ("tau_expected_sum", "anchors"),  # teacher-forced (SPEC §4)
 }
+# MBSU (mean block-size utilisation, SPEC §4): τ per unit of verification cost,
+# τ / (K·c + 1) with c = draft FLOPs per step / target FLOPs per token; 1 = target alone
 
 
 def load_per_prompt(eval_dirs: list[str | Path]) -> pd.DataFrame:
@@ -56,7 +60,7 @@ def tau_table(pp: pd.DataFrame) -> pd.DataFrame:
             draft_params=int(g["draft_params"].iloc[0]),
             cost_ratio=float(g["cost_ratio"].iloc[0]),
         )
-        row["mbsu"] = row["tau"] / (k * row["cost_ratio"] + 1)
+        row["mbsu"] = row["tau_live"] / (k * row["cost_ratio"] + 1)
         for j in range(1, k + 1):  # conditional acceptance a_j = accepted_j / reached_j
             reached = g.get(f"reached_{j}", pd.Series(dtype=float)).fillna(0).sum()
             acc = g.get(f"accepted_{j}", pd.Series(dtype=float)).fillna(0).sum()
@@ -112,11 +116,16 @@ def gains_table(pp: pd.DataFrame, baseline: str, n_boot: int = 2000) -> pd.DataF
                     }
                 )
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else [*group, "loss", "baseline"])
 
 
 def gains_markdown(gains: pd.DataFrame, note: str = "") -> str:
     """A readable table: Δτ% [95% CI] per loss, expected τ and live τ side by side."""
+    if gains.empty:
+        return (
+            "# Δτ% vs the baseline loss\n\n" + note + "\n\nNothing to compare: the matrix "
+            "has one loss (the baseline), so there are no gains; τ per cell is in tau.csv.\n"
+        )
 
     def fmt(r, name):
         if pd.isna(r.get(f"{name}_gain_pct")):
@@ -141,7 +150,29 @@ def gains_markdown(gains: pd.DataFrame, note: str = "") -> str:
         std = r.get("tau_expected_seed_std")
         lines.append(
             f"| {r['target']} | {r['draft_arch']} | {r['domain']} | {r['temperature']} | "
-            f"{r['loss']} | {fmt(r, 'tau_expected')} | {fmt(r, 'tau')} | "
+            f"{r['loss']} | {fmt(r, 'tau_expected')} | {fmt(r, 'tau_live')} | "
             f"{'–' if pd.isna(std) else f'{std:.1f}'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    eval_dirs: list[str | Path],
+    baseline: str,
+    n_boot: int,
+    note: str,
+    tau_csv: str | Path,
+    gains_csv: str | Path,
+    gains_md: str | Path,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``tau.csv``, ``gains.csv`` and ``gains.md`` of a matrix's evaluated drafts (atomic).
+
+    A matrix with only the baseline loss has no gains: ``gains.csv`` is then a header-only
+    table and ``gains.md`` says so.
+    """
+    pp = load_per_prompt(eval_dirs)
+    tau, gains = tau_table(pp), gains_table(pp, baseline, n_boot)
+    atomic_write_text(tau_csv, tau.to_csv(index=False))
+    atomic_write_text(gains_csv, gains.to_csv(index=False))
+    atomic_write_text(gains_md, gains_markdown(gains, f"Config: {note}"))
+    return tau, gains

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from specbench.dist import lockstep_batches
 from specbench.io import atomic_write_text
-from specbench.targets.launch import lockstep_batches
 
 
 def chat_prompt_ids(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:

@@ -1,7 +1,7 @@
 """Prompt sources read with Hugging Face ``datasets``: the paper's Infinity-Instruct and GSM8K.
 
-A ``data.sources`` entry of the config (:class:`specbench.config.DatasetSource`) replaces the
-offline default of one domain's train or eval prompts (:mod:`specbench.data.sources`).
+A ``data.sources`` entry of the config (:class:`DatasetSource`) replaces the
+offline default of one domain's train or eval prompts (:mod:`specbench.data.domains`).
 
 How much is read. The split is opened as an Arrow table that ``datasets`` memory-maps from disk
 (a hub dataset is downloaded and converted once, into ``$HF_HOME/datasets``; a local data file is
@@ -21,8 +21,44 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specbench.config import SPLITS, DatasetSource
-from specbench.data.sources import EVAL_SOURCES, TRAIN_SOURCES, eval_prompts, train_prompts
+from pydantic import Field, StrictInt, field_validator
+
+from specbench.data.domains import eval_prompts, get_domain, train_prompts
+from specbench.data.splits import PROMPT_LISTS
+from specbench.schema import Strict
+
+
+class DatasetSource(Strict):
+    """Where one domain's train or eval prompts come from instead of the offline default.
+
+    ``dataset`` is a hub id (``openai/gsm8k``), a folder written by ``save_to_disk``, a folder of
+    data files (e.g. a downloaded hub snapshot, whose README names the configs), or one
+    ``.jsonl``/``.json``/``.parquet``/``.csv`` file. ``field`` is the text column; a chat column
+    (``[{"from": "human", "value": ...}]`` or ``[{"role": "user", "content": ...}]``) gives its
+    first user turn. ``filter`` keeps rows whose columns equal the given values (all of them).
+    """
+
+    dataset: str = Field(min_length=1)
+    config: str | None = None  # hub config name; quote it in YAML (0625 is the number 405)
+    split: str = Field("train", min_length=1)
+    field: str = Field(min_length=1)
+    filter: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    shuffle_seed: StrictInt | None = None  # None: rows in stored order (YAML true is no seed)
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config_is_text(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"config must be a string: quote it in the YAML (got {v!r})")
+        return v
+
+    def describe(self) -> str:
+        """A one-line name of this source for logs and the prompts payload."""
+        name = self.dataset + (f"[{self.config}]" if self.config else "")
+        extra = "".join(f",{k}={v}" for k, v in self.filter.items())
+        seed = "" if self.shuffle_seed is None else f",shuffle_seed={self.shuffle_seed}"
+        return f"{name}:{self.split}/{self.field}{extra}{seed}"
+
 
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 USER_ROLES = ("human", "user")
@@ -168,15 +204,15 @@ def split_prompts(
 ) -> tuple[list[str], str]:
     """Prompts of one domain's split and the name of their source.
 
-    The configured ``source`` wins; None keeps the offline default of :mod:`sources`.
+    The configured ``source`` wins; None keeps the domain's offline default.
     """
     if source is not None:
         return load_prompts(source, n, seed), source.describe()
     if split == "train":
-        return train_prompts(domain, n, seed), TRAIN_SOURCES[domain]
+        return train_prompts(domain, n, seed), get_domain(domain).train_source
     if split == "eval":
-        return eval_prompts(domain, n), EVAL_SOURCES[domain]
-    raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
+        return eval_prompts(domain, n), get_domain(domain).eval_source
+    raise ValueError(f"unknown prompt list {split!r}; valid: {list(PROMPT_LISTS)}")
 
 
 def drop_overlap(train: list[str], eval_: list[str]) -> tuple[list[str], int]:
@@ -184,3 +220,33 @@ def drop_overlap(train: list[str], eval_: list[str]) -> tuple[list[str], int]:
     held_out = set(eval_)
     kept = [p for p in train if p not in held_out]
     return kept, len(train) - len(kept)
+
+
+def domain_prompts(
+    domain: str,
+    n_train: int,
+    n_eval: int,
+    train_source: DatasetSource | None = None,
+    eval_source: DatasetSource | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """A domain's disjoint ``train`` and ``eval`` prompt lists, and where they came from.
+
+    A configured source wins over the domain's offline default; training prompts that are
+    also evaluation prompts are dropped (and counted), so the two lists never overlap.
+    """
+    ev, eval_name = split_prompts(domain, "eval", n_eval, eval_source)
+    tr, train_name = split_prompts(domain, "train", n_train, train_source)
+    log(f"{domain}: train prompts from {train_name}, eval prompts from {eval_name}")
+    tr, dropped = drop_overlap(tr, ev)
+    log(f"{domain}: dropped {dropped} training prompts that are also evaluation prompts")
+    if set(tr) & set(ev):
+        raise AssertionError("train/eval prompts overlap")
+    return {
+        "domain": domain,
+        "eval_source": eval_name,
+        "train_source": train_name,
+        "train_dropped_as_eval": dropped,
+        "train": tr,
+        "eval": ev,
+    }

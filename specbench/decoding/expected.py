@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from specbench.acceptance import alpha
+
 
 def expected_tau(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Expected τ per anchor: ``1 + Σ_k Π_{j≤k} α_j`` [N] from ``alpha``, ``valid`` [N, K].
@@ -55,4 +57,4 @@ def acceptance_probs(
         )
     q = torch.softmax(draft_logits.float(), dim=-1)
     p = target_logprobs.float().exp()
-    return torch.minimum(p, q).sum(dim=-1)
+    return alpha(p, q)

@@ -45,15 +45,15 @@ def replay_greedy(
     features, draft_to_target = features.to(device), draft_to_target.to(device)
     tokens = tokens.tolist()
     end = len(tokens)
-    res = DecodeResult(tokens=[], k=k, reached=[0] * k, accepted_at=[0] * k, alpha_sum=[0.0] * k)
+    res = DecodeResult.for_rounds(k)
     session = draft.start_session()
     m = prompt_len
-    emitted = [tokens[m]]  # the first token comes from the target's prefill
+    res.tokens = [tokens[m]]  # the first token comes from the target's prefill
     # the prompt's positions, each paired with the token that follows it
     session.extend(features[:m], torch.tensor(tokens[1 : m + 1], device=device))
     c = m  # tokens[c] is the last emitted token; the target has processed tokens[:c]
     stop = eos_token_id is not None and tokens[m] == eos_token_id
-    while not stop and len(emitted) < max_new_tokens:
+    while not stop and len(res.tokens) < max_new_tokens:
         ids, _ = session.propose(k, _greedy)
         drafted = draft_to_target[ids].tolist()
         accepted = 0
@@ -71,17 +71,14 @@ def replay_greedy(
             res.alpha_sum[j] += 1.0
             accepted += 1
         new = tokens[c + 1 : c + 2 + accepted]  # accepted drafts + correction/bonus token
-        keep = new[: max_new_tokens - len(emitted)]
-        if eos_token_id is not None and eos_token_id in keep:
-            keep = keep[: keep.index(eos_token_id) + 1]
-            stop = True
         res.accepted.append(accepted)
-        res.emitted.append(len(keep))
-        emitted += keep
-        if not stop and len(emitted) < max_new_tokens:
+        res.tokens += new
+        res.emitted.append(len(new) - res.cut(max_new_tokens, eos_token_id))
+        stop = res.stopped_by_eos
+        if not stop and len(res.tokens) < max_new_tokens:
             session.extend(features[c : c + accepted + 1], torch.tensor(new, device=device))
         c += accepted + 1
-    res.tokens = emitted[:max_new_tokens]
+    res.cut(max_new_tokens, eos_token_id)
     res.wall_seconds = time.perf_counter() - t0
     res.draft_seconds = res.wall_seconds
     return res

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specbench.acceptance import alpha
 from specbench.drafts.base import DraftSession
 from specbench.targets.runner import TargetRunner
 
@@ -47,6 +48,20 @@ class DecodeResult:
     draft_seconds: float = 0.0  # session.extend + session.propose (incl. its sampling)
     wall_seconds: float = 0.0  # whole call; the rest is accept/reject bookkeeping
     stopped_by_eos: bool = False
+
+    @classmethod
+    def for_rounds(cls, k: int) -> DecodeResult:
+        """An empty result with per-position counters for a ``k``-token draft chain."""
+        return cls(tokens=[], k=k, reached=[0] * k, accepted_at=[0] * k, alpha_sum=[0.0] * k)
+
+    def cut(self, max_new_tokens: int, eos_token_id: int | None) -> int:
+        """Cut ``tokens`` after the first EOS and at the budget; return how many were dropped."""
+        n = len(self.tokens)
+        if eos_token_id is not None and eos_token_id in self.tokens:
+            self.tokens = self.tokens[: self.tokens.index(eos_token_id) + 1]
+            self.stopped_by_eos = True
+        self.tokens = self.tokens[:max_new_tokens]
+        return n - len(self.tokens)
 
     @property
     def num_rounds(self) -> int:
@@ -155,16 +170,6 @@ def _prefill(runner: TargetRunner, prompt_ids: torch.Tensor):
     return step, cache
 
 
-def _finish(res: DecodeResult, max_new_tokens: int, eos_token_id: int | None) -> int:
-    """Cut ``res.tokens`` at EOS / budget; return how many tokens were dropped."""
-    n = len(res.tokens)
-    if eos_token_id is not None and eos_token_id in res.tokens:
-        res.tokens = res.tokens[: res.tokens.index(eos_token_id) + 1]
-        res.stopped_by_eos = True
-    res.tokens = res.tokens[:max_new_tokens]
-    return n - len(res.tokens)
-
-
 def speculative_decode(
     runner: TargetRunner,
     session: DraftSession,
@@ -183,7 +188,7 @@ def speculative_decode(
     """
     assert k >= 1 and prompt_ids.dim() == 1 and prompt_ids.numel() >= 1
     dev = runner.device
-    res = DecodeResult(tokens=[], k=k, reached=[0] * k, accepted_at=[0] * k, alpha_sum=[0.0] * k)
+    res = DecodeResult.for_rounds(k)
     if max_new_tokens <= 0:
         return res
     t_start = _sync(dev)
@@ -225,13 +230,13 @@ def speculative_decode(
             q[:, d2t] = _probs(draft_logits.to(dev), temperature)
         rows = torch.arange(k, device=dev)
         p_tok, q_tok = p[rows, drafts].tolist(), q[rows, drafts].tolist()
-        alpha = torch.minimum(p[:k], q).sum(-1).tolist()
+        alphas = alpha(p[:k], q).tolist()
 
         n_acc, pos0 = 0, len(res.tokens)
         for j in range(k):
             u_acc, u_smp = position_uniforms(base, pos0 + j)
             res.reached[j] += 1
-            res.alpha_sum[j] += alpha[j]
+            res.alpha_sum[j] += alphas[j]
             if _accept(p_tok[j], q_tok[j], u_acc):
                 # accepted: keep the draft token and go on verifying the next one
                 res.accepted_at[j] += 1
@@ -246,7 +251,7 @@ def speculative_decode(
             new_token = _sample(p[k], position_uniforms(base, pos0 + k)[1])
         res.accepted.append(n_acc)
         res.tokens += drafts[:n_acc].tolist() + [new_token]
-        res.emitted.append(n_acc + 1 - _finish(res, max_new_tokens, eos_token_id))
+        res.emitted.append(n_acc + 1 - res.cut(max_new_tokens, eos_token_id))
         if res.stopped_by_eos or len(res.tokens) >= max_new_tokens:
             break
 
@@ -260,7 +265,7 @@ def speculative_decode(
         res.target_seconds += t1 - t0
         res.draft_seconds += _sync(dev) - t1
 
-    _finish(res, max_new_tokens, eos_token_id)
+    res.cut(max_new_tokens, eos_token_id)
     res.wall_seconds = _sync(dev) - t_start
     return res
 

@@ -48,3 +48,8 @@ def align(
         labels=flat(labels),
         mask=flat(mask),
     )
+
+
+def usable_k(draft: Draft, k: int) -> int:
+    """``k`` capped at what the architecture can draft (heads, stages, block − 1)."""
+    return k if draft.max_k is None else min(k, draft.max_k)

@@ -31,3 +31,14 @@ def target_to_draft_map(draft_to_target: torch.Tensor, vocab_size: int) -> torch
     inv = torch.full((vocab_size,), -100, dtype=torch.long)
     inv[draft_to_target] = torch.arange(draft_to_target.numel())
     return inv
+
+
+def vocab_payload(responses: list[list[int]], size: int, always: tuple[int, ...] = ()) -> dict:
+    """The draft vocabulary file's content: the id map, its size and its coverage."""
+    d2t, coverage = build_draft_vocab(responses, size, always)
+    return {
+        "draft_to_target": d2t.tolist(),
+        "size": int(d2t.numel()),
+        "train_response_tokens": sum(map(len, responses)),
+        "coverage": coverage,
+    }

@@ -1,8 +1,9 @@
-"""The pipeline's target-running jobs, launchable on one process or on N ranks.
+"""The pipeline's jobs: every Snakemake rule is one stage here, launchable on N ranks.
 
-A Snakemake rule that runs the target (``responses``, ``features``, ``evaluate_draft``)
-asks for ``resources: gpu=N`` (the target's ``gpus``). Its script turns the ``snakemake``
-object into a :class:`Job` and calls :func:`launch`, which
+Every rule script is the one line ``run_rule(snakemake)``: it sends the process's output to
+the rule's log, turns the ``snakemake`` object into a :class:`Job` and calls :func:`launch`.
+A rule that runs the target (``responses``, ``features_*``, ``evaluate_draft``) asks for
+``resources: gpu=N`` (the target's ``gpus``); :func:`launch`
 
 * runs the stage in the script's own process when ``N <= 1`` (the embedded default), or
 * writes the job to a JSON file next to the rule's log and starts ``N`` ranks on this node
@@ -11,7 +12,7 @@ object into a :class:`Job` and calls :func:`launch`, which
   results do not depend on N), rank 0 gathers and writes the outputs atomically.
 
 Under ZeRO-3 the N ranks hold one partitioned target and run their forwards in lockstep
-(:mod:`specbench.targets.launch`); with ``engine: hf`` each rank holds a full replica.
+(:mod:`specbench.dist`); with ``engine: hf`` each rank holds a full replica.
 Without a GPU the ranks run on the CPU with gloo, which is how the tests run this path.
 """
 
@@ -26,14 +27,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-STAGES = ("responses", "features", "evaluate")
+# rule name -> stage module under specbench.jobs (a module's ``run(job)`` does the work)
+STAGES = {
+    "convert_target": "convert_target",
+    "prompts": "prompts",
+    "responses": "responses",
+    "draft_vocab": "draft_vocab",
+    "features_train": "features",
+    "features_eval": "features",
+    "train_draft": "train_draft",
+    "evaluate_draft": "evaluate_draft",
+    "aggregate": "aggregate",
+    "plots": "plots",
+    "paper_figures": "paper_figures",
+}
 
 
 @dataclass
 class Job:
     """Everything a stage reads: the raw config and the rule's wildcards, files and params."""
 
-    stage: str
+    stage: str  # the rule's name (a key of STAGES)
     config: dict[str, Any]
     wildcards: dict[str, str]
     input: dict[str, Any]
@@ -49,17 +63,17 @@ class Job:
             raise ValueError(f"unknown job stage {self.stage!r}; valid: {list(STAGES)}")
 
     @classmethod
-    def from_snakemake(cls, smk: Any, stage: str) -> Job:
+    def from_snakemake(cls, smk: Any) -> Job:
         """The job of a ``script:`` rule; ``resources.gpu`` sets the number of ranks."""
         gpus = int(getattr(smk.resources, "gpu", 0) or 0)
         named = lambda nl: {k: (list(v) if isinstance(v, list) else v) for k, v in nl.items()}  # noqa: E731
         return cls(
-            stage=stage,
+            stage=smk.rule,
             config=dict(smk.config),
             wildcards=dict(smk.wildcards.items()),
             input=named(smk.input),
             output=named(smk.output),
-            params={k: v for k, v in smk.params.items() if k != "settings"},
+            params={k: v for k, v in smk.params.items() if k != "config_digest"},
             log=str(smk.log[0]) if smk.log else "",
             threads=int(smk.threads),
             ranks=max(1, gpus),
@@ -78,7 +92,18 @@ def run_stage(job: Job) -> None:
     """Run ``job`` in this process (one rank of however many the launcher started)."""
     import importlib
 
-    importlib.import_module(f"specbench.jobs.{job.stage}").run(job)
+    importlib.import_module(f"specbench.jobs.{STAGES[job.stage]}").run(job)
+
+
+def run_rule(smk: Any) -> None:
+    """The whole body of every rule script: log to the rule's ``log:``, then run its stage."""
+    from specbench.io import log_to
+
+    if smk.log:
+        log_to(smk.log[0])
+    job = Job.from_snakemake(smk)
+    print(f"rule {job.stage} wildcards={job.wildcards} threads={job.threads}", flush=True)
+    launch(job)
 
 
 def launcher_command(job_files: list[Path], ranks: int) -> list[str]:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from specbench.config import Config, TargetConfig, load_config
+from specbench.dist import init_distributed, rank_and_world, rank_device
 from specbench.jobs import Job
-from specbench.targets.launch import init_distributed, rank_and_world, rank_device
 from specbench.targets.loading import load_target
 
 

@@ -1,4 +1,7 @@
-"""Stage ``features``: run the target once over a split and cache what drafts train on.
+"""Stages ``features_train`` / ``features_eval``: run the target once over a split, cache it.
+
+``features_train`` merges every domain's training responses into one cache (the drafts
+train on all domains); ``features_eval`` caches one (evaluation split, domain).
 
 Each rank takes every ``world``-th batch of sequences (the batches are the ones a single
 process would form, so the cache does not depend on the number of ranks); rank 0 gathers
@@ -14,11 +17,11 @@ from pathlib import Path
 import torch
 
 from specbench.data.generate import read_jsonl
+from specbench.dist import gather_to_rank0, lockstep_batches
 from specbench.features.cache import Sequence, concat_caches, save_cache
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.targets.featurize import compute_features
-from specbench.targets.launch import gather_to_rank0, lockstep_batches
 from specbench.targets.runner import TargetRunner
 
 
@@ -37,7 +40,7 @@ def run(job: Job) -> None:
     ctx = start(job)
     out = job.output["cache"]
     d2t = torch.tensor(json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"])
-    seqs = read_sequences(job.input["responses"], merged=job.wildcards["split"] == "train")
+    seqs = read_sequences(job.input["responses"], merged=job.stage == "features_train")
     runner = TargetRunner(ctx.target())
     size = ctx.cfg.data.feature_batch_size
     batches = list(enumerate(seqs[i : i + size] for i in range(0, len(seqs), size)))

@@ -1,7 +1,9 @@
 """Stage ``responses``: the target regenerates the responses of one (split, domain).
 
-T=1 for ``train`` and ``eval_t1``; greedy through EOS for ``eval_t0`` (T=0 replay verifies
-drafts past the end of the response, so the continuation is kept as look-ahead).
+How each split samples is the table :data:`specbench.data.splits.SPLITS`: T=1 for ``train``
+and ``eval_t1``; greedy through EOS for ``eval_t0`` (T=0 replay verifies drafts past the end
+of the response, so the continuation is kept as look-ahead). The sampling seed derives from
+the (split, domain) names.
 """
 
 from __future__ import annotations
@@ -11,26 +13,24 @@ import time
 from pathlib import Path
 
 from specbench.data.generate import chat_prompt_ids, generate_responses, split_at_eos, write_jsonl
-from specbench.data.sources import DOMAINS
+from specbench.data.splits import SPLITS, name_seed
+from specbench.dist import gather_to_rank0
 from specbench.jobs import Job
 from specbench.jobs.common import start
-from specbench.targets.launch import gather_to_rank0
 from specbench.targets.loading import load_tokenizer
-
-SPLIT_SEEDS = {"train": 0, "eval_t1": 100, "eval_t0": 200}  # sampling seeds, fixed per split
 
 
 def run(job: Job) -> None:
     ctx = start(job)
     cfg, wc, out = ctx.cfg, job.wildcards, job.output["responses"]
     prompts = json.loads(Path(job.input["prompts"]).read_text())
-    prompts = prompts["train" if wc["split"] == "train" else "eval"]
+    split = SPLITS[wc["split"]]
+    prompts = prompts[split.prompts]
     tok = load_tokenizer(job.params["model"])
     model = ctx.target()
     ids = [chat_prompt_ids(tok, p, cfg.data.max_prompt_tokens) for p in prompts]
-    greedy = wc["split"] == "eval_t0"
-    temperature = {"train": cfg.data.train_temperature, "eval_t1": 1.0, "eval_t0": 0.0}[wc["split"]]
-    new_tokens = cfg.data.train_new_tokens if wc["split"] == "train" else cfg.data.eval_new_tokens
+    temperature = cfg.data.train_temperature if split.temperature is None else split.temperature
+    new_tokens = cfg.data.train_new_tokens if split.is_train else cfg.data.eval_new_tokens
     t0 = time.time()
     mine = generate_responses(
         model,
@@ -38,9 +38,9 @@ def run(job: Job) -> None:
         ids,
         new_tokens,
         temperature,
-        seed=SPLIT_SEEDS[wc["split"]] + DOMAINS.index(wc["domain"]),
+        seed=name_seed(split.name, wc["domain"]),
         batch_size=cfg.data.generation_batch_size,
-        through_eos=greedy,  # T=0 replay verifies drafts past EOS: keep the continuation
+        through_eos=split.through_eos,  # T=0 replay verifies past EOS: keep the continuation
         progress=lambda done, total: ctx.say(f"  rank 0 done with {done} of {total} prompts"),
         shard=(ctx.rank, ctx.world),
         synced_gpus=ctx.zero3 and ctx.world > 1,

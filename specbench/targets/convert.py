@@ -8,10 +8,11 @@ loads through the same ``from_pretrained(folder)`` path as a hub id in the paper
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
 import torch
+
+from specbench.io import atomic_dir
 
 
 def packaged_file(spec: str) -> tuple[Path, str]:
@@ -35,9 +36,6 @@ def convert_gguf(spec: str, out_dir: str | Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = packaged_file(spec)
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -47,8 +45,7 @@ def convert_gguf(spec: str, out_dir: str | Path) -> Path:
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
-    fresh.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.replace(out_dir)
-    return out_dir
+    with atomic_dir(out_dir) as tmp:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)

@@ -11,7 +11,7 @@ gather parameters, the cache holds activations). The traps, and how they are han
 * MoE blocks are made ZeRO-3 *leaf* modules (:data:`MOE_LEAF_CLASSES`): their parameters are
   gathered at once on entry rather than per expert submodule, in whatever order routing
   calls them;
-* every rank must run the same number of forwards: see :mod:`specbench.targets.launch`
+* every rank must run the same number of forwards: see :mod:`specbench.dist`
   (``lockstep_batches``, ``Lockstep``); with ``generate()`` pass ``synced_gpus=True``;
 * quantized checkpoints (DeepSeek-V3's FP8, gpt-oss's MXFP4 experts) are dequantized to bf16
   once, shard by shard, into a plain checkpoint (:func:`dequantize_checkpoint`) that then
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from specbench.targets.launch import init_distributed, keep_alive, lockstep_batches, shutdown
+from specbench.dist import init_distributed, keep_alive, lockstep_batches, shutdown
 from specbench.targets.quantized import (
     DONE_MARKER,
     QUANT_METHODS,

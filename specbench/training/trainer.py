@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 
-from specbench.drafts.align import StepTargets, align
+from specbench.acceptance import alpha
+from specbench.drafts.align import StepTargets, align, usable_k
 from specbench.drafts.base import Draft
 from specbench.features.cache import FeatureCache
 from specbench.features.vocab import target_to_draft_map
-
-
-@dataclass
-class TrainSettings:
-    steps: int
-    batch_size: int
-    lr: float
-    betas: tuple[float, float]
-    weight_decay: float
-    warmup_steps: int
-    grad_clip: float
-    k: int  # K draft positions
-    seed: int
-    micro_batch_size: int | None = None  # None: the whole batch in one forward/backward
+from specbench.training.config import TrainConfig
 
 
 def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
@@ -45,9 +32,9 @@ def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
 def acceptance_by_position(st: StepTargets) -> torch.Tensor:
     """Mean α_k = Σ_v min(p, q) per draft position over valid rows (a training diagnostic)."""
     q = torch.softmax(st.logits.float(), -1)
-    alpha = torch.minimum(st.target_logprobs.exp(), q).sum(-1)
+    a = alpha(st.target_logprobs.exp(), q)
     m = st.mask.float()
-    return (alpha * m).sum(0) / m.sum(0).clamp(min=1)
+    return (a * m).sum(0) / m.sum(0).clamp(min=1)
 
 
 def accumulate_gradients(
@@ -55,7 +42,8 @@ def accumulate_gradients(
     loss_fn,
     cache: FeatureCache,
     idx: list[int],
-    s: TrainSettings,
+    k: int,
+    micro_batch_size: int | None,
     t2d: torch.Tensor,
     gen: torch.Generator,
     device: torch.device,
@@ -67,12 +55,12 @@ def accumulate_gradients(
     means and batch statistics (LK^λ's ᾱ, TVD++'s μ) are then taken per micro-batch; with
     ``micro_batch_size`` unset the whole batch is one micro-batch and nothing changes.
     """
-    size = s.micro_batch_size or len(idx)
+    size = micro_batch_size or len(idx)
     loss_sum, alpha_sum = 0.0, 0.0
     for start in range(0, len(idx), size):
         part = idx[start : start + size]
         batch = cache.batch(part, device)
-        st = align(draft, batch, s.k, t2d, gen)
+        st = align(draft, batch, k, t2d, gen)
         loss = loss_fn(
             draft_logits=st.logits,
             target_logits=st.target_logprobs,
@@ -90,11 +78,15 @@ def train_draft(
     draft: Draft,
     loss_fn,
     cache: FeatureCache,
-    s: TrainSettings,
+    train: TrainConfig,
+    seed: int,
     log=print,
     device: torch.device | str | None = None,
-) -> list:
-    """Optimise ``draft`` for ``s.steps`` steps; returns per-step records for the train log.
+) -> list[dict]:
+    """Optimise ``draft`` for ``train.steps`` steps; returns per-step records (the train log).
+
+    ``seed`` drives the batch and anchor sampling; ``K = train.k``, capped at what the
+    architecture can draft (:func:`usable_k`).
 
     ``device``: where the draft and its batches go (the cache stays in host memory and each
     batch is copied over); default the draft's own device. The batch sampling stream lives
@@ -102,7 +94,8 @@ def train_draft(
     """
     device = torch.device(device) if device is not None else draft.device
     draft.to(device)
-    gen = torch.Generator().manual_seed(s.seed)
+    s, k = train, usable_k(draft, train.k)
+    gen = torch.Generator().manual_seed(seed)
     t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size).to(device)
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
@@ -114,7 +107,9 @@ def train_draft(
             group["lr"] = lr
         idx = torch.randint(len(cache), (s.batch_size,), generator=gen).tolist()
         opt.zero_grad(set_to_none=True)
-        loss, alpha = accumulate_gradients(draft, loss_fn, cache, idx, s, t2d, gen, device)
+        loss, alpha = accumulate_gradients(
+            draft, loss_fn, cache, idx, k, s.micro_batch_size, t2d, gen, device
+        )
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
         opt.step()
         rec = {
@@ -129,7 +124,7 @@ def train_draft(
         if step % max(1, s.steps // 10) == 0 or step == s.steps - 1:
             log(
                 f"step {step:5d}/{s.steps} loss {rec['loss']:.4f} "
-                f"alpha_1 {rec['alpha_1']:.3f} alpha_K {rec[f'alpha_{s.k}']:.3f} "
+                f"alpha_1 {rec['alpha_1']:.3f} alpha_K {rec[f'alpha_{k}']:.3f} "
                 f"({rec['seconds']:.0f}s)"
             )
     draft.eval()

@@ -10,11 +10,11 @@ rule aggregate:
     log:
         f"{R}/logs/aggregate.log",
     params:
-        settings=settings("baseline_loss", "eval", "note"),
+        config_digest=config_digest("baseline_loss", "eval", "note"),
     conda:
         ENV
     script:
-        "../scripts/aggregate.py"
+        SCRIPT
 
 
 rule plots:
@@ -30,4 +30,4 @@ rule plots:
     conda:
         ENV
     script:
-        "../scripts/plots.py"
+        SCRIPT

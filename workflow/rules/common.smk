@@ -1,6 +1,8 @@
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
-from specbench.config import load_config, loss_slug
+from specbench.config import ConfigError, load_config, loss_slug
+from specbench.data.splits import SPLITS, eval_split
 
 min_version("8.0")
 
@@ -12,17 +14,24 @@ if not workflow.overwrite_configfiles:
     configfile: "configs/default.yaml"
 
 
-validate(config, "../schemas/config.schema.yaml")
-CFG = load_config(config)  # typed; names registered losses/archs in its errors
+# One source of truth for the config: the pydantic models of specbench.config (the JSON
+# schema in workflow/schemas/ is generated from them). Errors name the key and the valid
+# choices; `--config seeds=[0]` list items arrive as strings and are coerced.
+try:
+    CFG = load_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 R = "results"
 LOSS_BY_SLUG = {loss_slug(spec): spec for spec in CFG.losses}
-SPLITS = ["eval_t1" if t == 1 else "eval_t0" for t in CFG.temperatures]
+EVAL_SPLITS = [eval_split(t) for t in CFG.temperatures]
+SCRIPT = "../scripts/run_rule.py"  # every rule: run_rule(snakemake) -> specbench.jobs.<stage>
+ENV = "../envs/specbench.yaml"
 
 
 wildcard_constraints:
     target="|".join(CFG.targets),
-    domain="general|code|math",
-    split="train|eval_t0|eval_t1",
+    domain="|".join(CFG.domains),
+    split="|".join(SPLITS),
     seed=r"\d+",
 
 
@@ -36,9 +45,6 @@ def target_model(target):
     return f"{R}/targets/{target}" if t.is_gguf else t.model
 
 
-ENV = "../envs/specbench.yaml"
-
-
 def matrix_dirs(stage):
     """``{R}/{stage}/target/arch/loss/seedN`` for every trained draft of the matrix."""
     return [
@@ -50,10 +56,10 @@ def matrix_dirs(stage):
     ]
 
 
-def settings(*sections):
+def config_digest(*sections):
     """Digest of the config sections a rule's output depends on, passed as a param.
 
-    Scripts read the config directly, so without this Snakemake would keep outputs made
+    Stages read the config directly, so without this Snakemake would keep outputs made
     under another config (say, the smoke sizes) as up to date; a changed digest reruns them.
     """
     import hashlib

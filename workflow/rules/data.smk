@@ -1,19 +1,19 @@
 rule prompts:
     """Disjoint train/eval prompts of a domain: offline sources, or data.sources datasets."""
     output:
-        f"{R}/data/prompts/{{domain}}.json",
+        prompts=f"{R}/data/prompts/{{domain}}.json",
     log:
         f"{R}/logs/prompts/{{domain}}.log",
     params:
-        settings=settings("data"),
+        config_digest=config_digest("data"),
     conda:
         ENV
     script:
-        "../scripts/prompts.py"
+        SCRIPT
 
 
 rule responses:
-    """The target regenerates responses: T=1 for train and eval_t1, greedy for eval_t0."""
+    """The target regenerates responses of a split (specbench.data.splits.SPLITS)."""
     input:
         prompts=f"{R}/data/prompts/{{domain}}.json",
         target=target_source,
@@ -23,54 +23,76 @@ rule responses:
         f"{R}/logs/responses/{{target}}/{{split}}/{{domain}}.log",
     params:
         model=lambda wc: target_model(wc.target),
-        settings=settings("data", "targets"),
+        config_digest=config_digest("data", "targets"),
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
     conda:
         ENV
     script:
-        "../scripts/responses.py"
+        SCRIPT
 
 
 rule draft_vocab:
     """Truncated draft vocabulary: the most frequent tokens of the training responses."""
     input:
-        expand(f"{R}/data/responses/{{{{target}}}}/train/{{domain}}.jsonl", domain=CFG.domains),
+        responses=expand(
+            f"{R}/data/responses/{{{{target}}}}/train/{{domain}}.jsonl", domain=CFG.domains
+        ),
     output:
-        f"{R}/data/vocab/{{target}}.json",
+        vocab=f"{R}/data/vocab/{{target}}.json",
     log:
         f"{R}/logs/draft_vocab/{{target}}.log",
     params:
         model=lambda wc: target_model(wc.target),
-        settings=settings("data"),
+        config_digest=config_digest("data"),
     conda:
         ENV
     script:
-        "../scripts/draft_vocab.py"
+        SCRIPT
 
 
-rule features:
-    """Run the target once over a split and cache features + sliced log-probs."""
+rule features_train:
+    """Run the target once over every domain's training responses: one training cache."""
     input:
-        responses=lambda wc: (
-            expand(f"{R}/data/responses/{wc.target}/train/{{d}}.jsonl", d=CFG.domains)
-            if wc.split == "train"
-            else [f"{R}/data/responses/{wc.target}/{wc.split}/{wc.name}.jsonl"]
+        responses=expand(
+            f"{R}/data/responses/{{{{target}}}}/train/{{domain}}.jsonl", domain=CFG.domains
         ),
         vocab=f"{R}/data/vocab/{{target}}.json",
         target=target_source,
     output:
-        cache=f"{R}/features/{{target}}/{{split}}/{{name}}.safetensors",
+        cache=f"{R}/features/{{target}}/train.safetensors",
     log:
-        f"{R}/logs/features/{{target}}/{{split}}/{{name}}.log",
+        f"{R}/logs/features/{{target}}/train.log",
     params:
         model=lambda wc: target_model(wc.target),
-        settings=settings("data", "targets"),
+        config_digest=config_digest("data", "targets"),
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
     conda:
         ENV
     script:
-        "../scripts/features.py"
+        SCRIPT
+
+
+rule features_eval:
+    """Run the target once over one evaluation split of one domain and cache it."""
+    input:
+        responses=[f"{R}/data/responses/{{target}}/{{split}}/{{domain}}.jsonl"],
+        vocab=f"{R}/data/vocab/{{target}}.json",
+        target=target_source,
+    output:
+        cache=f"{R}/features/{{target}}/{{split}}/{{domain}}.safetensors",
+    log:
+        f"{R}/logs/features/{{target}}/{{split}}/{{domain}}.log",
+    params:
+        model=lambda wc: target_model(wc.target),
+        config_digest=config_digest("data", "targets"),
+    threads: CFG.threads
+    resources:
+        gpu=gpu_resources,
+    conda:
+        ENV
+    script:
+        SCRIPT

@@ -4,7 +4,7 @@ rule evaluate_draft:
         draft=f"{R}/drafts/{{target}}/{{arch}}/{{loss}}/seed{{seed}}/model.safetensors",
         caches=expand(
             f"{R}/features/{{{{target}}}}/{{split}}/{{domain}}.safetensors",
-            split=SPLITS,
+            split=EVAL_SPLITS,
             domain=CFG.domains,
         ),
         target=target_source,
@@ -16,11 +16,11 @@ rule evaluate_draft:
     params:
         model=lambda wc: target_model(wc.target),
         loss=lambda wc: LOSS_BY_SLUG[wc.loss],
-        settings=settings("data", "eval", "temperatures", "domains"),
+        config_digest=config_digest("data", "eval", "temperatures", "domains"),
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
     conda:
         ENV
     script:
-        "../scripts/evaluate_draft.py"
+        SCRIPT

@@ -4,7 +4,7 @@ rule paper_figures:
         tau=f"{R}/tables/tau.csv",
         gains=f"{R}/tables/gains.csv",
     output:
-        directory("paper_figures/generated"),
+        dir=directory("paper_figures/generated"),
     log:
         f"{R}/logs/paper_figures.log",
     params:
@@ -12,4 +12,4 @@ rule paper_figures:
     conda:
         ENV
     script:
-        "../scripts/paper_figures.py"
+        SCRIPT

