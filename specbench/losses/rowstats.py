@@ -7,6 +7,10 @@ the draft vocabulary (``t`` is normalised over the full target vocabulary, then 
 - ``q = softmax(z)``, ``p = exp(t)`` (original target probabilities restricted to the draft
   vocabulary, ``Σp = Z ≤ 1``), ``p̃ = p / Z`` (renormalised over the draft vocabulary);
 - ``kl     = Σ p̃ (log p̃ − log q)``                       gradient ``q − p̃``
+- ``rkl    = Σ q (log q − log p̃)``                        gradient ``q ⊙ (d − rkl)``,
+  ``d = log q − log p̃``;
+- ``jsd    = ½ Σ p̃ log(p̃/m) + ½ Σ q log(q/m)``,           gradient ``½ q ⊙ (c − Σ q c)``,
+  ``m = (p̃ + q)/2``, ``c = log(q/m)``;
 - ``alpha  = Σ min(a, q)`` with ``a = p`` or ``a = p̃``      gradient ``q ⊙ (r − S)``
   where ``r = 1{a > q}`` and ``S = Σ q r``;
 - ``pg_r   = Σ sg(q) r log q`` (REINFORCE surrogate)        gradient ``q ⊙ (r − S)``
@@ -22,19 +26,30 @@ gradient sums to exactly zero). Three ``[chunk_rows, V]`` compute-dtype buffers 
 low-precision inputs) are all the full-vocabulary memory it ever allocates besides the
 returned gradient, whatever the number of rows; nothing of vocabulary size is saved between
 forward and backward except the inputs themselves. Targets get no gradient (frozen).
-Draft logits must be finite; target log-probs may be ``−inf``.
+Draft logits must be finite; target log-probs may be ``−inf``: they are floored at
+``T_FLOOR = −10⁴`` wherever a log of the target enters (so ``p = 0`` exactly there and
+``0 · log p = 0``); ``rkl`` therefore charges ``≈ 10⁴ · q(v)`` for draft mass on a token the
+target never emits, instead of ``+∞``.
+
+``rkl`` and ``jsd`` are computed from ``u = log q − log p̃`` alone: ``rkl = Σ q u`` and, with
+``h = log(p̃/m) = log 2 − softplus(u)`` and ``log(q/m) = h + u``,
+``jsd = ½ Σ (p̃ + q) h + ½ Σ q u`` (no cancellation between entropies when ``q ≈ p̃``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
-STAT_NAMES = ("kl", "alpha", "pg_r", "pg_1", "pg_s", "logq_y")
+STAT_NAMES = ("kl", "rkl", "jsd", "alpha", "pg_r", "pg_1", "pg_s", "logq_y")
 CHUNK_ELEMENTS = 1 << 20  # default rows per chunk = CHUNK_ELEMENTS // V (4 MiB fp32 buffers)
 T_FLOOR = -1.0e4  # target log-probs are floored here so that p = 0 exactly and 0·t stays 0
+LOG2 = math.log(2.0)
+AlphaOn = Literal["p", "p_tilde"]  # α on the original target probabilities or on p̃
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,8 @@ class Request:
     the greedy (argmax) draft tokens are compared with the labels (``greedy``)."""
 
     kl: bool = False
+    rkl: bool = False
+    jsd: bool = False
     alpha: bool = False
     pg: bool = False
     logq_y: bool = False
@@ -53,7 +70,8 @@ class Request:
         mine, theirs = self.alpha or self.pg, other.alpha or other.pg
         if mine and theirs and self.alpha_on != other.alpha_on:
             raise ValueError("terms of one loss disagree on alpha_on")
-        flags = {f: getattr(self, f) or getattr(other, f) for f in ("kl", "alpha", "pg")}
+        flags = {f: getattr(self, f) or getattr(other, f) for f in ("kl", "rkl", "jsd")}
+        flags.update(alpha=self.alpha or other.alpha, pg=self.pg or other.pg)
         return Request(
             **flags,
             logq_y=self.logq_y or other.logq_y,
@@ -64,9 +82,16 @@ class Request:
     @property
     def names(self) -> tuple[str, ...]:
         """Names of the statistics computed, in column order."""
-        want = {"kl": self.kl, "alpha": self.alpha, "logq_y": self.logq_y}
+        want = {"kl": self.kl, "rkl": self.rkl, "jsd": self.jsd}
+        want.update(alpha=self.alpha, logq_y=self.logq_y)
         want.update(pg_r=self.pg, pg_1=self.pg, pg_s=self.pg)
         return tuple(n for n in STAT_NAMES if want[n])
+
+
+def alpha_request(prm: dict[str, Any], **flags: bool) -> Request:
+    """``needs`` of a loss with an ``alpha_on`` parameter: α (unless ``alpha=False``) plus
+    ``flags``, on the chosen target."""
+    return Request(**{"alpha": True, **flags}, alpha_on=prm["alpha_on"])
 
 
 def default_chunk_rows(vocab: int) -> int:
@@ -87,6 +112,29 @@ def _exp(t: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
     return torch.exp(t, out=buf) if t.dtype == buf.dtype else buf.copy_(t).exp_()
 
 
+def _floored(t: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """``max(t, T_FLOOR)`` in the compute dtype, into ``buf``."""
+    if t.dtype != buf.dtype:
+        return buf.copy_(t).clamp_min_(T_FLOOR)
+    return torch.clamp_min(t, T_FLOOR, out=buf)
+
+
+def _log_ratio(z, t, lse, zsum, buf: torch.Tensor) -> torch.Tensor:
+    """``u = log q − log p̃ = (z − lse) − (max(t, T_FLOOR) − log Z)``, into ``buf``."""
+    return _floored(t, buf).neg_().add_(z).sub_(lse - zsum.log())
+
+
+def _softplus_(u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``log(1 + e^u)`` into ``out`` (which may be ``u``), without overflow."""
+    return torch.logaddexp(u, torch.zeros((), dtype=u.dtype, device=u.device), out=out)
+
+
+def _add_centred(out: torch.Tensor, q: torch.Tensor, d: torch.Tensor, g: torch.Tensor) -> None:
+    """``out += g · q ⊙ (d − Σ q d)`` (``g`` per row); overwrites ``d``."""
+    d.sub_(torch.linalg.vecdot(q, d)[:, None]).mul_(g[:, None])
+    out.addcmul_(q, d)
+
+
 def _forward_chunk(z, t, y, req: Request, ws: torch.Tensor):
     """Per-row statistics of one chunk, plus the row constants the backward needs.
 
@@ -102,10 +150,18 @@ def _forward_chunk(z, t, y, req: Request, ws: torch.Tensor):
     p = _exp(t, p_buf)
     zsum = p.sum(dim=-1, keepdim=True).clamp_min_(torch.finfo(p.dtype).tiny)  # Z = Σp
     out: dict[str, torch.Tensor] = {}
+    if req.rkl or req.jsd:  # from u = log q − log p̃ (module docstring); q = e / s
+        u = _log_ratio(zf, t, lse, zsum, tmp)
+        qu = torch.linalg.vecdot(e, u) / s.squeeze(-1)  # Σ q u
+        if req.rkl:
+            out["rkl"] = qu
+        if req.jsd:
+            h = _softplus_(u, u).neg_().add_(LOG2)  # log(p̃/m)
+            ph = torch.linalg.vecdot(p, h) / zsum.squeeze(-1)
+            qh = torch.linalg.vecdot(e, h) / s.squeeze(-1)
+            out["jsd"] = 0.5 * (ph + qh + qu)
     if req.kl:  # Σ p̃ (t − log Z − z + lse) = Σ p (t − z) / Z + lse − log Z; t floored: 0·t = 0
-        t_floor = _load(t, tmp).clamp_min_(T_FLOOR) if t.dtype != p.dtype else None
-        t_floor = torch.clamp_min(t, T_FLOOR, out=tmp) if t_floor is None else t_floor
-        dot = torch.linalg.vecdot(p, t_floor.sub_(zf))[:, None]
+        dot = torch.linalg.vecdot(p, _floored(t, tmp).sub_(zf))[:, None]
         out["kl"] = (dot / zsum + lse - zsum.log()).squeeze(-1)
     if req.alpha or req.pg:
         q = e.mul_(1 / s)
@@ -128,7 +184,10 @@ def _backward_chunk(z, t, y, lse, zsum, g: dict[str, torch.Tensor], req: Request
     """Write ``∂loss/∂z`` of one chunk into ``out`` from the per-row upstream gradients ``g``.
 
     ``grad = q ⊙ (a + b·r − b·S) − g_kl·p̃ + g_y·onehot(y)`` with ``a = g_kl − g_y`` and
-    ``b = g_alpha + g_pg_r`` (both per row), ``r = 1{p_α > q}``, ``S = Σ q r``.
+    ``b = g_alpha + g_pg_r`` (both per row), ``r = 1{p_α > q}``, ``S = Σ q r``; plus
+    ``g_rkl · q ⊙ (u − Σ q u)`` and ``½ g_jsd · q ⊙ (c − Σ q c)`` with ``u = log q − log p̃``,
+    ``c = log(q/m) = log 2 + u − softplus(u)``. ``u`` is recomputed from ``z`` itself: for
+    low-precision input ``out`` is the buffer that held the upcast ``z``.
     """
     c = z.shape[0]
     q_buf, p_buf, tmp, up = (w[:c] for w in ws)
@@ -150,6 +209,13 @@ def _backward_chunk(z, t, y, lse, zsum, g: dict[str, torch.Tensor], req: Request
         out.addcmul_(p, -g_kl / zsum)
     if req.logq_y:
         out.scatter_add_(-1, y.clamp_min(0)[:, None], g_y)
+    if req.rkl or req.jsd:  # p and r are no longer needed: their buffers are free
+        u = _log_ratio(z, t, lse, zsum, p_buf)
+        if req.jsd:
+            c = _softplus_(u, tmp).neg_().add_(u).add_(LOG2)
+            _add_centred(out, q, c, 0.5 * g["jsd"])
+        if req.rkl:
+            _add_centred(out, q, u, g["rkl"])
     return out
 
 
