@@ -1,10 +1,11 @@
 """Position weightings and block terms (SPEC §3) that compose with any base loss via ``+``.
 
 All of them read ``q_k(y_k) = exp(logq_y)``, the draft probability of the target-generated
-token at block position ``k``. A position that is masked out, or whose label is not in the
-draft vocabulary (−100), cannot be accepted: its ``q_k(y_k)`` counts as 0, which ends the
-accepted prefix there. A *block* is one row ``n`` (``K`` draft positions); block means are
-over blocks with at least one valid position.
+token at block position ``k``. A valid position whose label is not in the draft vocabulary
+(−100) cannot be accepted: its ``q_k(y_k)`` counts as 0. For ``chain`` and ``focal`` a
+masked position counts as 0 too, which ends the accepted prefix there; ``dpace`` passes over
+masked positions instead (see there). A *block* is one row ``n`` (``K`` draft positions);
+block means are over blocks with at least one valid position.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from .registry import register_loss
 from .rowstats import Request
 
 
-def suffix_survival(log_q: Tensor) -> Tensor:
-    """``W_j = Σ_{m≥j} Π_{i≤m} q_i`` along the last dim, from ``log q`` (may be −inf).
+def suffix_survival(log_q: Tensor, keep: Tensor | None = None) -> Tensor:
+    """``W_j = Σ_{m≥j} Π_{i≤m} q_i`` along the last dim, from ``log q`` (may be −inf); with
+    ``keep`` (bool, same shape) the sum runs over the kept ``m`` only.
 
     This is ``∂/∂log q_j`` of ``Σ_k Π_{i≤k} q_i`` (the chain reward) and, on ``q̃``, the
     D-PACE weight.
     """
     prefix = torch.exp(torch.cumsum(log_q, dim=-1))
+    if keep is not None:
+        prefix = torch.where(keep, prefix, 0.0)
     return prefix.flip(-1).cumsum(-1).flip(-1)
 
 
@@ -46,14 +50,21 @@ def decay(k: int, *, gamma: float = 7.0) -> Tensor:
 
 @register_loss("dpace", kind="row", needs=Request(logq_y=True))
 def dpace(rows: Rows, *, mix: float = 0.5) -> Tensor:
-    """D-PACE row weights ``sg(Σ_{m≥j} Π_{i≤m} q̃_i)``, ``q̃ = mix·q(y) + (1 − mix)``.
+    """D-PACE row weights ``sg(Σ_{m≥j, m valid} Π_{i≤m} q̃_i)``, ``q̃ = mix·q(y) + (1 − mix)``.
 
-    ``q̃`` is 0 at masked positions; at a valid position without a draft-vocab label
-    ``q(y) = 0`` so ``q̃ = 1 − mix``.
+    A masked position passes through: ``q̃ = 1`` there (the survival product runs on past
+    it) and it adds no term of its own to the suffix sums; its weight is 0. This is what
+    speculators 0.9.0 (``losses/utils.py: dpace_loss_decay``) and SpecForge 0.2.0
+    (``algorithms/common/dflash_family_model.py: _dpace_weight``) do. (Until now specbench
+    set ``q̃ = 0`` there, which zeroed the rest of the block. That is the same for the
+    masked tail of a block, the only masks inside blocks that specbench's drafts produce,
+    but an interior mask, such as the peers' masked anchor slot or an unsupervised token,
+    means "not trained on", not "rejected". So the old behaviour was dropped.) At a valid
+    position without a draft-vocab label ``q(y) = 0``, so ``q̃ = 1 − mix``.
     """
     q = torch.where(rows.label_ok, rows.logq_y.detach().exp(), 0.0)
-    q_mix = torch.where(rows.mask, mix * q + (1 - mix), 0.0)
-    return suffix_survival(torch.log(q_mix))
+    q_mix = torch.where(rows.mask, mix * q + (1 - mix), 1.0)
+    return torch.where(rows.mask, suffix_survival(torch.log(q_mix), rows.mask), 0.0)
 
 
 @register_loss("focal", kind="term", needs=Request(logq_y=True, greedy=True))
