@@ -1,29 +1,76 @@
 """Loss library: values and gradients on hand-computed distributions (float64), masking,
-weighting, chunking, dtypes and the data-parallel ᾱ. Spec language: test_losses_spec.py."""
+weighting, chunking, dtypes and the data-parallel ᾱ. Spec language: test_losses_spec.py.
+
+The parametrized tests run over the registry (``specbench.losses.LOSSES``): every base loss
+with its default parameters and every other choice of its ``Literal``/``bool`` parameters,
+each weighting on ``kl``, all weightings at once, and ``eps=0`` where a loss has ``eps``; a
+newly registered loss is tested without editing this file."""
 
 from __future__ import annotations
 
 import math
 import os
 import tempfile
+import typing
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from specbench.losses import build, suffix_survival
+from specbench.losses import LOSSES, Rows, build, canonical, core, suffix_survival
+from specbench.losses.rowstats import LOG2, T_FLOOR
 
 F64 = torch.float64
-BASES = ["kl", "tv", "lk_alpha", "lk_lambda", "tvdpp", "ce"]
-EVERY = BASES + [
-    "lk_alpha(reduce=batch)",
-    "lk_lambda(lambda_scope=token)",
-    "lk_lambda(fixed=0.5,alpha_on=p_tilde)",
-    "tvdpp(scope=token)",
-    "ce+decay(gamma=7)+focal(alpha=0.3)+chain(alpha=40)",
-    "kl+dpace",
-]
+
+
+def _choices(hint) -> list:
+    """Values of a parameter worth a spec each: the choices of a ``Literal``, or a bool."""
+    if hint is bool:
+        return [True, False]
+    if typing.get_origin(hint) is typing.Literal:
+        return list(typing.get_args(hint))
+    return []
+
+
+def variants(name: str) -> list[str]:
+    """``name`` with default parameters, then once per other choice of each parameter."""
+    out = [name]
+    for key, (hint, default) in LOSSES[name].params.items():
+        for value in _choices(hint):
+            if value != default:
+                text = str(value).lower() if isinstance(value, bool) else value
+                out.append(f"{name}({key}={text})")
+    return out
+
+
+def _unique(specs: list[str]) -> list[str]:
+    seen, out = set(), []
+    for spec in specs:
+        if canonical(spec) not in seen:
+            seen.add(canonical(spec))
+            out.append(spec)
+    return out
+
+
+BASES = [n for n, ld in LOSSES.items() if ld.kind == "base"]
+WEIGHTINGS = [n for n, ld in LOSSES.items() if ld.kind != "base"]
+# one base with every weighting at once (at most one position weighting per spec)
+ALL_WEIGHTINGS = "ce+" + "+".join(
+    [n for n in WEIGHTINGS if LOSSES[n].kind == "position"][:1]
+    + [n for n in WEIGHTINGS if LOSSES[n].kind != "position"]
+)
+ZERO_EPS = [f"{n}(eps=0)" for n in BASES if "eps" in LOSSES[n].params]
+EVERY = _unique(
+    [v for n in BASES for v in variants(n)]
+    + [f"kl+{w}" for w in WEIGHTINGS]
+    + [
+        ALL_WEIGHTINGS,
+        "lk_lambda(fixed=0.5,alpha_on=p_tilde)",
+        "ce+decay(gamma=7)+focal(alpha=0.3)+chain(alpha=40)",
+    ]
+    + ZERO_EPS
+)
 
 
 def inputs(n=3, k=2, v=7, extra=2, seed=0, scale=1.5):
@@ -93,6 +140,37 @@ def test_kl_value_and_gradient_q_minus_p_tilde():
     # α on the original p (0.2 + 0.3 + 0.1) vs on p̃ (0.2 + 0.3 + 0.125)
     assert run("tv", z, t, mask).item() == pytest.approx(1 - 0.6, abs=1e-12)
     assert run("tv(alpha_on=p_tilde)", z, t, mask).item() == pytest.approx(1 - 0.625, abs=1e-12)
+
+
+def test_reverse_kl_value_and_gradient_by_hand():
+    z, t, mask = one(Q, P)
+    q = torch.tensor(Q, dtype=F64)
+    d = [math.log(a / b) for a, b in zip(Q, P, strict=True)]  # log(q/p)
+    want = 0.2 * math.log(0.2 / 0.5) + 0.3 * math.log(0.3 / 0.35) + 0.5 * math.log(0.5 / 0.15)
+    assert run("rkl", z, t, mask).item() == pytest.approx(want, abs=1e-12)
+    g_want = q * (torch.tensor(d, dtype=F64) - want)  # q ⊙ (log(q/p) − KL(q‖p))
+    torch.testing.assert_close(grad("rkl", z, t, mask).view(-1), g_want)
+    # truncated target: the reverse KL is against p̃ = p / 0.8
+    t4 = torch.tensor([0.4, 0.3, 0.1, 0.2], dtype=F64).log()[:3].view(1, 1, 3)
+    pt = [0.5, 0.375, 0.125]
+    want = sum(a * math.log(a / b) for a, b in zip(Q, pt, strict=True))
+    assert run("rkl", z, t4, mask).item() == pytest.approx(want, abs=1e-12)
+
+
+def test_jensen_shannon_value_gradient_and_symmetry_by_hand():
+    z, t, mask = one(Q, P)
+    m = [(a + b) / 2 for a, b in zip(Q, P, strict=True)]  # (0.35, 0.325, 0.325)
+    kl_pm = sum(b * math.log(b / c) for b, c in zip(P, m, strict=True))
+    kl_qm = sum(a * math.log(a / c) for a, c in zip(Q, m, strict=True))
+    want = 0.5 * kl_pm + 0.5 * kl_qm
+    assert run("jsd", z, t, mask).item() == pytest.approx(want, abs=1e-12)
+    c = torch.tensor([math.log(a / b) for a, b in zip(Q, m, strict=True)], dtype=F64)
+    g_want = 0.5 * torch.tensor(Q, dtype=F64) * (c - kl_qm)  # ½ q ⊙ (log(q/m) − KL(q‖m))
+    torch.testing.assert_close(grad("jsd", z, t, mask).view(-1), g_want)
+    swapped = run("jsd", *one(P, Q))  # symmetric in p and q; bounded by log 2
+    assert swapped.item() == pytest.approx(want, abs=1e-12)
+    z2, t2, _ = one([0.5, 0.5 - 1e-300, 1e-300], [1e-300, 1e-300, 1.0 - 2e-300])
+    assert run("jsd", z2, t2, mask).item() == pytest.approx(LOG2, abs=1e-9)
 
 
 def test_lambda_is_exp_minus_eta_mean_alpha_without_gradient():
@@ -176,6 +254,38 @@ def test_dpace_weights_the_per_position_loss():
     assert run("kl+dpace", z, t, mask, labels).item() == pytest.approx(want.item(), abs=1e-12)
 
 
+def test_dpace_passes_over_masked_positions():
+    z, t, mask, labels = inputs(n=2, k=4, v=6)
+    mask[0, 1] = False  # interior: the survival product runs on past it
+    mask[1, 2:] = False  # tail: same as ending the block there
+    labels[1, 1] = -100  # valid, not in the draft vocab: q(y) = 0, q̃ = 1 − mix
+    lq = z.log_softmax(-1).gather(-1, labels.clamp_min(0)[..., None])[..., 0].detach()
+    qm = 0.3 * lq.exp() + 0.7
+    qm[1, 1] = 0.7
+    p0 = [qm[0, 0], qm[0, 0] * qm[0, 2], qm[0, 0] * qm[0, 2] * qm[0, 3]]  # valid: 0, 2, 3
+    p1 = [qm[1, 0], qm[1, 0] * qm[1, 1]]  # valid: 0, 1
+    want = torch.tensor(
+        [[sum(p0), 0, p0[1] + p0[2], p0[2]], [p1[0] + p1[1], p1[1], 0, 0]], dtype=F64
+    )
+    rows = Rows(mask=mask, label_ok=mask & (labels >= 0), logq_y=lq)
+    torch.testing.assert_close(LOSSES["dpace"].fn(rows, mix=0.3), want)
+    # and the loss: Σ_k (1/N_k) Σ_n W·KL
+    kl = torch.stack(
+        [
+            torch.stack(
+                [
+                    run("kl", z[n : n + 1, k : k + 1], t[n : n + 1, k : k + 1], mask[:1, :1])
+                    for k in range(4)
+                ]
+            )
+            for n in range(2)
+        ]
+    )
+    want_loss = ((want * kl).sum(0) / mask.sum(0)).sum()
+    got = run("kl(gamma=1)+dpace(mix=0.3)", z, t, mask, labels)
+    assert got.item() == pytest.approx(want_loss.item(), abs=1e-12)
+
+
 def test_focal_touches_only_the_first_wrong_position():
     z, t, mask, labels = inputs(n=3, k=4, v=5)
     greedy = z.argmax(-1)
@@ -238,6 +348,61 @@ def test_head_decay_weights_positions(base):
         assert run(spec, z, t, mask, labels).item() == pytest.approx(want.item(), abs=1e-12)
 
 
+@pytest.mark.parametrize("spec", ZERO_EPS + BASES)
+def test_padded_rows_with_zero_alpha_are_finite_with_zero_gradient(spec):
+    """A padded row (−inf target log-probs: α = 0, Σp = 0) adds nothing, not NaN, even with
+    ``eps=0``: statistics are masked before any log or division."""
+    z, t, mask, labels = inputs(n=4, k=3)
+    mask[2:] = False  # padded rows
+    mask[:, 2] = False  # and a position with no valid row
+    t = torch.where(mask[..., None], t, -math.inf)
+    labels[~mask] = -100
+    z = z.detach().masked_fill(~mask[..., None], 0.0).requires_grad_()
+    loss = run(spec, z, t, mask, labels)
+    g = grad(spec, z, t, mask, labels)
+    assert torch.isfinite(loss) and torch.isfinite(g).all() and (g[~mask] == 0).all()
+    want = run(spec, z[:2, :2], t[:2, :2], mask[:2, :2], labels[:2, :2])
+    assert loss.item() == pytest.approx(want.item(), abs=1e-12)
+
+
+def naive_row_stats(z, t, y, req, chunk_rows=None):
+    """The row statistics of :mod:`specbench.losses.rowstats` by their definitions, in plain
+    autograd (full-vocabulary tensors, no custom backward)."""
+    lq = z.log_softmax(-1)
+    q = lq.exp()
+    p = t.exp()
+    zsum = p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
+    pt = p / zsum
+    lpt = t.clamp_min(T_FLOOR) - zsum.log()
+    lm = torch.logaddexp(lq, lpt) - LOG2
+    a = pt if req.alpha_on == "p_tilde" else p
+    r = (a > q).to(q.dtype)
+    stats = {
+        "kl": lambda: (pt * (lpt - lq)).sum(-1),
+        "rkl": lambda: (q * (lq - lpt)).sum(-1),
+        "jsd": lambda: 0.5 * (pt * (lpt - lm)).sum(-1) + 0.5 * (q * (lq - lm)).sum(-1),
+        "alpha": lambda: torch.minimum(a, q).sum(-1),
+        "pg_r": lambda: (q.detach() * r * lq).sum(-1),
+        "pg_1": lambda: (q.detach() * lq).sum(-1),
+        "pg_s": lambda: (q * r).sum(-1).detach(),
+        "logq_y": lambda: lq.gather(-1, y.clamp_min(0)[:, None])[:, 0],
+    }
+    return {name: stats[name]() for name in req.names}
+
+
+@pytest.mark.parametrize("spec", EVERY)
+def test_closed_form_gradients_match_autograd_of_the_definitions(spec, monkeypatch):
+    z, t, mask, labels = inputs(n=5, k=3, v=9, scale=2.0)
+    t[0, 1, 2] = -math.inf  # a token the target never emits
+    mask[1, 0] = mask[3, 2] = False
+    labels[2, 1] = -100
+    got, g_got = run(spec, z, t, mask, labels), grad(spec, z, t, mask, labels)
+    monkeypatch.setattr(core, "row_stats", naive_row_stats)
+    want, g_want = run(spec, z, t, mask, labels), grad(spec, z, t, mask, labels)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12, abs=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("spec", EVERY)
 def test_chunking_and_leading_dims_do_not_change_anything(spec):
     z, t, mask, labels = inputs(n=6, k=3, v=11)
@@ -251,32 +416,57 @@ def test_chunking_and_leading_dims_do_not_change_anything(spec):
     torch.testing.assert_close(g4.view_as(ga), ga)
 
 
+@pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_low_precision_inputs_are_computed_in_float32(dtype):
+def test_low_precision_inputs_are_computed_in_float32(dtype, base):
     z, t, mask, labels = inputs(n=4, k=2, v=16)
-    want = run("lk_lambda", z, t, mask)
+    want = run(base, z, t, mask, labels)
     zl = z.detach().to(dtype).requires_grad_()
-    got = run("lk_lambda", zl, t.to(dtype), mask)
+    got = run(base, zl, t.to(dtype), mask, labels)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(want.item(), rel=0.05)
+    assert got.item() == pytest.approx(want.item(), rel=0.05, abs=0.02)
     (g,) = torch.autograd.grad(got, zl)
     assert g.dtype == dtype and torch.isfinite(g.float()).all()
 
 
 # --- data parallel: ᾱ is averaged across ranks ---------------------------------------
 
+DP_ROWS = [slice(0, 1), slice(1, 4)]  # unequal shares: weighted by counts
+DP_SPECS = ["lk_lambda(eta=3)", "lk_alpha(reduce=batch)", "lk_alpha(reduce=batch,eps=0)"]
+
 
 def _dp_worker(rank: int, path: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
     z, t, mask, _ = inputs(n=4, k=2, v=6, seed=0)
-    rows = slice(0, 1) if rank == 0 else slice(1, 4)  # unequal shares: weighted by counts
-    loss = run("lk_lambda(eta=3)", z[rows], t[rows], mask[rows])
-    torch.save(loss.detach(), f"{out}.{rank}")
+    mask[2, 1] = False  # position 1 has no valid row on rank 0, two on rank 1
+    rows = DP_ROWS[rank]
+    result = {}
+    for spec in DP_SPECS:
+        zr = z[rows].detach().requires_grad_()
+        loss = run(spec, zr, t[rows], mask[rows])
+        (g,) = torch.autograd.grad(loss, zr)
+        result[spec] = (loss.detach(), g)
+    torch.save(result, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
-def test_lambda_mean_alpha_is_all_reduced_across_ranks():
-    z, t, mask, _ = inputs(n=4, k=2, v=6, seed=0)
+@pytest.fixture(scope="module")
+def dp_results():
+    """Per rank ``{spec: (loss, ∂loss/∂this rank's logits)}`` from two gloo ranks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "loss")
+        mp.spawn(_dp_worker, args=(os.path.join(tmp, "store"), out), nprocs=2)
+        return [torch.load(f"{out}.{r}") for r in range(2)]
+
+
+def dp_inputs():
+    z, t, mask, labels = inputs(n=4, k=2, v=6, seed=0)
+    mask[2, 1] = False
+    return z, t, mask, labels
+
+
+def test_lambda_mean_alpha_is_all_reduced_across_ranks(dp_results):
+    z, t, mask, _ = dp_inputs()
     alpha = (
         1
         - torch.stack(
@@ -291,21 +481,37 @@ def test_lambda_mean_alpha_is_all_reduced_across_ranks():
             ]
         ).detach()
     )
-    lam = torch.exp(-3 * alpha.mean(0))  # pooled over all 4 rows of both ranks
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "loss")
-        mp.spawn(_dp_worker, args=(os.path.join(tmp, "store"), out), nprocs=2)
-        got = [torch.load(f"{out}.{r}") for r in range(2)]
-    for r, rows in enumerate([slice(0, 1), slice(1, 4)]):
+    # pooled over the valid rows of both ranks
+    lam = torch.exp(-3 * (alpha * mask).sum(0) / mask.sum(0))
+    for r, rows in enumerate(DP_ROWS):
         kl = run("lk_lambda(fixed=1)", z[rows], t[rows], mask[rows])  # Σ_k w_k KL_k
         tv = run("lk_lambda(fixed=0)", z[rows], t[rows], mask[rows])
         kl_k = torch.stack(
-            [run("kl", z[rows, k : k + 1], t[rows, k : k + 1], mask[rows, :1]) for k in range(2)]
+            [
+                run("kl", z[rows, k : k + 1], t[rows, k : k + 1], mask[rows, k : k + 1])
+                for k in range(2)
+            ]
         )
         tv_k = torch.stack(
-            [run("tv", z[rows, k : k + 1], t[rows, k : k + 1], mask[rows, :1]) for k in range(2)]
+            [
+                run("tv", z[rows, k : k + 1], t[rows, k : k + 1], mask[rows, k : k + 1])
+                for k in range(2)
+            ]
         )
         want = (torch.tensor([1.0, 0.8], dtype=F64) * (lam * kl_k + (1 - lam) * tv_k)).sum()
         assert kl.item() == pytest.approx((kl_k * torch.tensor([1, 0.8], dtype=F64)).sum().item())
         assert tv.item() == pytest.approx((tv_k * torch.tensor([1, 0.8], dtype=F64)).sum().item())
-        assert got[r].item() == pytest.approx(want.item(), abs=1e-12)
+        assert dp_results[r]["lk_lambda(eta=3)"][0].item() == pytest.approx(want.item(), abs=1e-12)
+
+
+@pytest.mark.parametrize("spec", DP_SPECS[1:])
+def test_batch_mean_alpha_is_all_reduced_across_ranks(dp_results, spec):
+    """Every rank's ``lk_alpha(reduce=batch)`` is ``−log ᾱ_k`` of the global batch, and the
+    average of the ranks' gradients (what DDP applies) is that of the global batch."""
+    z, t, mask, _ = dp_inputs()
+    want = run(spec, z, t, mask)  # one process, all rows
+    g_want = grad(spec, z, t, mask)
+    for r, rows in enumerate(DP_ROWS):
+        loss, g = dp_results[r][spec]
+        assert loss.item() == pytest.approx(want.item(), abs=1e-12)
+        torch.testing.assert_close(g / 2, g_want[rows])

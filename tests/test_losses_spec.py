@@ -7,7 +7,9 @@ import torch
 
 from specbench.losses import LOSSES, available, build, canonical
 
-BASES = ["kl", "tv", "lk_alpha", "lk_lambda", "tvdpp", "ce"]
+# SPEC §3's objectives plus rkl and jsd, in canonical (registration) order
+REQUIRED = ["kl", "tv", "lk_alpha", "lk_lambda", "tvdpp", "ce", "rkl", "jsd"]
+REQUIRED += ["decay", "dpace", "focal", "chain"]
 
 
 def inputs(n=3, k=2, v=7):
@@ -40,8 +42,10 @@ def test_specs_parse_and_canonicalise(spec, label):
 
 
 def test_registry_lists_every_objective():
-    assert set(BASES) | {"decay", "focal", "chain", "dpace"} == set(LOSSES)
+    assert [n for n in LOSSES if n in REQUIRED] == REQUIRED  # all there, in a fixed order
     assert available()["lk_lambda"]["eta"] == 3.0 and available()["kl"]["gamma"] == 0.8
+    assert available()["rkl"] == {"gamma": 0.8} and available()["jsd"] == {"gamma": 0.8}
+    assert canonical("kl+chain+focal+dpace+decay") == "kl+decay+dpace+focal+chain"
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,16 @@
 
 ``loss = build(spec)(draft_logits=[N,K,V], target_logits=[N,K,V], mask=[N,K], labels=[N,K])``
 returns ``Σ_k w_k·L_k (+ block terms)``; see :mod:`specbench.losses.core`. Spec grammar in
-:mod:`specbench.losses.spec`; names and parameters: :func:`available`. Adding a loss is one
-file with a ``@register_loss("name")`` function plus one import line below.
+:mod:`specbench.losses.spec`; names and parameters: :func:`available`.
+
+One module per base loss, named after it (``kl.py`` holds ``kl``); the position weightings
+and block terms are in ``weighting.py``. Adding a loss is one file with a
+``@register_loss("name")`` function plus its module in the import line below, whose order
+is the registration order and so the canonical order of terms in a spec label.
 """
 
-from . import divergences, weighting  # noqa: F401  (registration; order = canonical order)
+# registration, in canonical order
+from . import kl, tv, lk_alpha, lk_lambda, tvdpp, ce, rkl, jsd, weighting  # noqa: F401, I001
 from .core import LossFn, Rows, build, position_mean
 from .registry import LOSSES, available, canonical, register_loss
 from .rowstats import Request, row_stats

@@ -17,18 +17,29 @@ from torch import Tensor
 from .registry import Resolved, canonical, resolve
 from .rowstats import Request, row_stats
 
+# What a masked row's statistics read as: those of a perfect row (q = p̃: no divergence,
+# α = 1, q(y) = 1), except S = ½ so that TVD++'s σ = sqrt(S(1 − S)) is not 0. Every loss
+# is finite there, so the masked value is finite and its (zero) gradient stays zero: a
+# stat of −inf or 0 (a padded row of −inf target log-probs has α = 0) would turn the zero
+# gradient into 0·∞ = NaN at the first log or division.
+MASKED = {"kl": 0.0, "rkl": 0.0, "jsd": 0.0, "alpha": 1.0, "pg_r": 0.0, "pg_1": 0.0}
+MASKED.update(pg_s=0.5, logq_y=0.0)
+
 
 @dataclass
 class Rows:
     """Per-row statistics (``[N, K]``, compute dtype) and masks that losses are written in.
 
-    ``kl``, ``alpha``, ``pg_r``, ``pg_1``, ``pg_s`` and ``logq_y`` are ``None`` unless
-    requested (see :mod:`specbench.losses.rowstats` for their definitions and gradients).
+    ``kl``, ``rkl``, ``jsd``, ``alpha``, ``pg_r``, ``pg_1``, ``pg_s`` and ``logq_y`` are
+    ``None`` unless requested (see :mod:`specbench.losses.rowstats` for their definitions and
+    gradients). At masked rows they hold the constants of :data:`MASKED`, with no gradient.
     """
 
     mask: Tensor  # [N, K] bool, valid rows
     label_ok: Tensor  # [N, K] bool, valid rows whose label is in the draft vocabulary
     kl: Tensor | None = None
+    rkl: Tensor | None = None
+    jsd: Tensor | None = None
     alpha: Tensor | None = None
     pg_r: Tensor | None = None
     pg_1: Tensor | None = None
@@ -43,13 +54,16 @@ class Rows:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(v for v in (self.kl, self.alpha, self.pg_r, self.logq_y) if v is not None).dtype
+        stats = (self.kl, self.rkl, self.jsd, self.alpha, self.pg_r, self.logq_y)
+        return next(v for v in stats if v is not None).dtype
 
 
 def position_mean(values: Tensor, weight: Tensor, count: Tensor) -> Tensor:
     """``Σ_n weight·values / count`` per position ``[K]``; 0 where ``count == 0``.
 
-    Rows with zero weight contribute nothing, even if their value is not finite.
+    Rows with zero weight contribute nothing to the value, even if it is not finite; their
+    gradient is zero only if ``values`` is finite there with a finite derivative (masked
+    rows are: :data:`MASKED`).
     """
     values = torch.where(weight != 0, values, torch.zeros((), dtype=values.dtype))
     return (weight * values).sum(0) / count.clamp_min(1)
@@ -61,6 +75,20 @@ def allreduce_sum(x: Tensor) -> Tensor:
         x = x.detach().clone()
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+def world_size() -> int:
+    """Number of data-parallel ranks (1 without ``torch.distributed``)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def allreduce_sum_grad(x: Tensor) -> Tensor:
+    """``Σ_ranks x`` whose gradient w.r.t. this rank's ``x`` is ``W·∂`` (``W`` ranks).
+
+    DDP averages gradients over the ``W`` ranks, so the averaged gradient is exactly that of
+    a function of the global sum: ``value = Σ_r x_r``, ``∂value/∂x_this = W`` (1 alone).
+    """
+    return allreduce_sum(x.detach()) + world_size() * (x - x.detach())
 
 
 def global_position_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -105,7 +133,8 @@ class LossFn:
         y = labels.reshape(-1) if labels is not None else None
         flat = row_stats(z.reshape(n * k, v), t.reshape(n * k, v), y, self.request, self.chunk_rows)
         label_ok = mask & (labels >= 0) if labels is not None else torch.zeros_like(mask)
-        rows = Rows(mask=mask, label_ok=label_ok, **{a: s.view(n, k) for a, s in flat.items()})
+        stats = {a: torch.where(mask, s.view(n, k), MASKED[a]) for a, s in flat.items()}
+        rows = Rows(mask=mask, label_ok=label_ok, **stats)
         if self.request.greedy:
             rows.greedy_ok = label_ok & (z.detach().argmax(-1) == labels)
         dtype = rows.dtype
