@@ -131,3 +131,20 @@ def test_unknown_domain_names_the_registered_ones():
     cfg["domains"] = ["general", "poetry"]
     with pytest.raises(ConfigError, match=r"unknown domain\(s\) \['poetry'\]; valid: \["):
         load_config(cfg)
+
+
+def test_snakemake_command_line_overrides(tmp_path):
+    """``--config seeds=[0]`` plans the matrix; a wrong value is one clear error, no traceback."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--configfile"]
+    cmd += ["configs/smoke.yaml", "--config"]
+    ok = subprocess.run([*cmd, "seeds=[0]", "temperatures=[1]"], cwd=ROOT, capture_output=True,
+                        text=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    bad = subprocess.run([*cmd, "seeds=[zero]"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0
+    said = bad.stdout + bad.stderr  # Snakemake prints workflow errors on stdout
+    assert "invalid specbench config:\n  seeds.0:" in said, said[-2000:]
+    assert "Traceback" not in said

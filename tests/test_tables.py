@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from specbench.aggregation.tables import gains_markdown, gains_table, tau_table
@@ -55,3 +57,34 @@ def test_tau_counts_the_bonus_token_and_gains_are_paired():
     assert abs(row["tau_expected_ci_lo"] - 10.0) < 1e-9
     assert abs(row["tau_live_gain_pct"] - 100 * (75 / 60 - 1)) < 1e-9
     assert "+10.0 [+10.0, +10.0]" in gains_markdown(gains)
+
+
+def test_a_one_loss_matrix_writes_tables_and_plots_and_says_there_is_nothing_to_compare(tmp_path):
+    """``losses: [kl]`` (only the baseline): τ table and plots, no crash on the empty gains."""
+    import json
+
+    from specbench.aggregation.paper import write_paper_figures
+    from specbench.aggregation.plots import write_plots
+    from specbench.aggregation.tables import write_tables
+
+    cell = tmp_path / "eval/t/medusa/kl/seed0"
+    cell.mkdir(parents=True)
+    rows = pd.DataFrame(_per_prompt("kl", [10, 12, 8], [10, 10, 10], [20.0, 22.0, 18.0]))
+    keys = ["target", "draft_arch", "loss", "seed", "k_eval", "draft_params", "cost_ratio"]
+    meta = {key: rows.iloc[0][key] for key in keys}
+    (cell / "metrics.json").write_text(json.dumps({k: getattr(v, "item", lambda v=v: v)()
+                                                   for k, v in meta.items()}))  # fmt: skip
+    rows.drop(columns=keys).to_csv(cell / "per_prompt.csv", index=False)
+    out = {n: tmp_path / n for n in ("tau.csv", "gains.csv", "gains.md", "g.png", "a.png")}
+    tau, gains = write_tables(
+        [cell], "kl", 100, "one loss", out["tau.csv"], out["gains.csv"], out["gains.md"]
+    )
+    assert len(tau) == 1 and gains.empty
+    assert "Nothing to compare" in out["gains.md"].read_text()
+    assert pd.read_csv(out["gains.csv"]).empty  # a header, not an empty file
+    write_plots(str(out["tau.csv"]), str(out["gains.csv"]), str(out["g.png"]), str(out["a.png"]))
+    assert out["g.png"].stat().st_size > 0 and out["a.png"].stat().st_size > 0
+    ref = Path(__file__).resolve().parents[1] / "paper_figures/reference"
+    both = write_paper_figures(out["tau.csv"], out["gains.csv"], ref, tmp_path / "figures")
+    assert both["our_gain_pct"].isna().all()  # the papers' numbers alone
+    assert (tmp_path / "figures/lk_gains_vs_paper.png").exists()
