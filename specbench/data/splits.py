@@ -30,8 +30,8 @@ SPLITS: dict[str, Split] = {
     s.name: s
     for s in (
         Split("train", "train", None, through_eos=False),  # T = data.train_temperature (1)
-        Split("eval_t1", "eval", 1.0, through_eos=False),  # expected / live τ at T=1
         Split("eval_t0", "eval", 0.0, through_eos=True),  # greedy, replayed at T=0
+        Split("eval_t1", "eval", 1.0, through_eos=False),  # expected / live τ at T=1
     )
 }
 EVAL_SPLIT_BY_TEMPERATURE = {int(s.temperature): s.name for s in SPLITS.values() if not s.is_train}
