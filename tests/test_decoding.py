@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from specbench.decoding import speculative as spec
 from specbench.decoding.speculative import speculative_decode, target_decode
 from specbench.drafts.base import DraftSession, SampleFn
 from specbench.features import LAST
 from specbench.targets.runner import TargetRunner, TargetStep
-from specbench.targets.tiny import tiny_llama
 
 V = 16  # target vocabulary: small enough to enumerate two-token continuations exactly
 PROMPT = torch.tensor([3, 7, 1, 12])

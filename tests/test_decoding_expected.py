@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from specbench.decoding.expected import acceptance_probs, expected_tau
 from specbench.decoding.speculative import speculative_decode
 from specbench.drafts.base import DraftSession, SampleFn
 from specbench.targets.runner import TargetRunner
-from specbench.targets.tiny import tiny_llama
 
 
 def test_expected_tau_by_hand():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import tiny_deepseek_v3_config
 from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
     DeepseekV3DecoderLayer,
     DeepseekV3RotaryEmbedding,
@@ -14,7 +15,6 @@ from specbench.drafts import build_draft
 from specbench.features import LAST
 from specbench.targets.info import TargetInfo
 from specbench.targets.quantized import dequantize_fp8_weight
-from specbench.targets.tiny import tiny_deepseek_v3_config
 
 V, VD, D, L, E, I = 50, 30, 32, 10, 4, 16  # vocabs, hidden, length, experts, expert width
 

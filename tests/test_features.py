@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from specbench.drafts.align import align
 from specbench.drafts.base import Draft, TrainOutput
@@ -12,7 +13,6 @@ from specbench.features.vocab import build_draft_vocab, target_to_draft_map
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
-from specbench.targets.tiny import tiny_llama
 
 
 def _sequences():
@@ -58,7 +58,7 @@ def test_cache_matches_unpadded_full_vocab_forward(tmp_path):
 class _Probe(Draft):
     """A draft whose logits are zeros: lets the test see what align() gathers."""
 
-    def forward_train(self, features, input_ids, attention_mask, k, generator=None):
+    def forward_train(self, features, input_ids, attention_mask, k, generator=None, loss_mask=None):
         b, length = input_ids.shape
         logits = torch.zeros(b, length, k, self.info.draft_vocab_size)
         return TrainOutput(logits, torch.arange(length).expand(b, length))
@@ -110,10 +110,10 @@ def test_target_info_from_checkpoint_equals_from_model(tmp_path):
 def test_released_mtp_weights_are_read_from_the_checkpoint(tmp_path):
     """transformers drops DeepSeek-V3's MTP layer on load; the draft info reads it from disk."""
     from safetensors.torch import save_file
+    from tiny import tiny_deepseek_v3_config
     from transformers import DeepseekV3ForCausalLM
 
     from specbench.targets.info import target_info_from_checkpoint
-    from specbench.targets.tiny import tiny_deepseek_v3_config
 
     cfg = tiny_deepseek_v3_config()
     DeepseekV3ForCausalLM(cfg).save_pretrained(tmp_path / "ds")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from specbench.decoding.replay import replay_greedy
 from specbench.decoding.speculative import speculative_decode, target_decode
@@ -13,7 +14,6 @@ from specbench.features.cache import Sequence
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
-from specbench.targets.tiny import tiny_llama
 
 MAX_NEW, K = 14, 3
 

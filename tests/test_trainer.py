@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from tiny import tiny_llama
 
 from specbench.config import TrainConfig
 from specbench.drafts import build_draft
@@ -15,7 +16,6 @@ from specbench.losses import build as build_loss
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
-from tiny import tiny_llama
 from specbench.training.trainer import accumulate_gradients, cosine_lr, train_draft
 
 D2T = torch.arange(0, 64, 2)  # every other target token is in the draft vocabulary

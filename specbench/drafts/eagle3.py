@@ -49,7 +49,7 @@ class Eagle3(RecurrentDraft):
         intermediate_size = int(intermediate_size or info.intermediate_size)
         super().__init__(info, train_anchors, intermediate_size=intermediate_size)
         d, eps = info.hidden_size, info.rms_norm_eps
-        self.head_dim = d // info.num_attention_heads
+        self.head_dim = info.head_dim
         self.fc = nn.Linear(3 * d, d, bias=False)
         self.input_layernorm = RMSNorm(d, eps=eps)  # on the token embedding
         self.hidden_norm = RMSNorm(d, eps=eps)  # on the fused / previous hidden state

@@ -137,7 +137,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, info: TargetInfo, intermediate: int, qk_norm: bool = False) -> None:
         super().__init__()
         d, eps = info.hidden_size, info.rms_norm_eps
-        hd = d // info.num_attention_heads
+        hd = info.head_dim
         self.input_layernorm = RMSNorm(d, eps=eps)
         self.self_attn = Attention(
             d, d, info.num_attention_heads, info.num_key_value_heads, hd, eps, qk_norm

@@ -143,7 +143,7 @@ class MTP(RecurrentDraft):
             return self.block(
                 x, attention_mask=mask, past_key_values=cache, position_embeddings=(cos, sin)
             )
-        hd = self.info.hidden_size // self.info.num_attention_heads
+        hd = self.info.head_dim
         cos, sin = rope_cos_sin(positions, hd, self.info.rope_theta, x.dtype)
         return self.block(x, cos, sin, mask, cache)
 

@@ -30,6 +30,13 @@ class TargetInfo:
     target_flops_per_token: float = 0.0  # ≈ 2 × target parameters, for the cost ratio c
     mtp_state_dict: dict[str, torch.Tensor] | None = None  # released MTP weights, if any
     extra: dict[str, Any] = field(default_factory=dict)
+    # attention head width: the config's ``head_dim`` where it has one (gpt-oss: 64, not
+    # 2880 // 64 = 45; Qwen3-235B: 128, not 64), else hidden_size // num_attention_heads
+    head_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
 
     @property
     def draft_vocab_size(self) -> int:
@@ -100,6 +107,7 @@ def _info(cfg, embed, head, draft_to_target, n_params: int, mtp) -> TargetInfo:
         vocab_size=cfg.vocab_size,
         num_attention_heads=cfg.num_attention_heads,
         num_key_value_heads=getattr(cfg, "num_key_value_heads", cfg.num_attention_heads),
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
         intermediate_size=_dense_ffn_width(cfg),
         rms_norm_eps=float(getattr(cfg, "rms_norm_eps", 1e-6)),
         rope_theta=float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))),
