@@ -129,9 +129,11 @@ def _softplus_(u: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.logaddexp(u, torch.zeros((), dtype=u.dtype, device=u.device), out=out)
 
 
-def _add_centred(out: torch.Tensor, q: torch.Tensor, d: torch.Tensor, g: torch.Tensor) -> None:
-    """``out += g · q ⊙ (d − Σ q d)`` (``g`` per row); overwrites ``d``."""
-    d.sub_(torch.linalg.vecdot(q, d)[:, None]).mul_(g[:, None])
+def _add_centred(out, q, d, g, scratch: torch.Tensor | None) -> None:
+    """``out += g · q ⊙ (d − Σ q d)`` (``g`` per row); overwrites ``d`` and ``scratch`` (a
+    free chunk buffer for ``q ⊙ d``; ``None`` allocates one)."""
+    qd = q * d if scratch is None else torch.mul(q, d, out=scratch)
+    d.sub_(qd.sum(dim=-1, keepdim=True)).mul_(g[:, None])
     out.addcmul_(q, d)
 
 
@@ -213,9 +215,9 @@ def _backward_chunk(z, t, y, lse, zsum, g: dict[str, torch.Tensor], req: Request
         u = _log_ratio(z, t, lse, zsum, p_buf)
         if req.jsd:
             c = _softplus_(u, tmp).neg_().add_(u).add_(LOG2)
-            _add_centred(out, q, c, 0.5 * g["jsd"])
+            _add_centred(out, q, c, 0.5 * g["jsd"], None if req.rkl else u)
         if req.rkl:
-            _add_centred(out, q, u, g["rkl"])
+            _add_centred(out, q, u, g["rkl"], tmp)
     return out
 
 
