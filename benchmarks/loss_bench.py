@@ -3,10 +3,11 @@
     python -m benchmarks.loss_bench [--vocab 32768 --tokens 512 --k 6] [--vocab 131072 ...]
 
 Options before the first ``--vocab`` apply to every case: ``--losses`` (comma-separated
-specs), ``--repeats``, ``--dtype`` (of the draft and target logits), ``--device``,
-``--threads``, ``--chunk-rows``. Each ``--vocab V [--tokens N] [--k K]`` group is one case:
-``N`` tokens × ``K`` draft positions of ``V``-way draft logits, the target a log-softmax
-over ``V + V/4`` tokens sliced to ``V`` (a truncated draft vocabulary).
+specs; default: every registered loss, see :func:`default_losses`), ``--repeats``,
+``--dtype`` (of the draft and target logits), ``--device``, ``--threads``, ``--chunk-rows``.
+Each ``--vocab V [--tokens N] [--k K]`` group is one case: ``N`` tokens × ``K`` draft
+positions of ``V``-way draft logits, the target a log-softmax over ``V + V/4`` tokens sliced
+to ``V`` (a truncated draft vocabulary).
 
 What is measured, per loss, for one forward + backward of the loss alone (building the
 loss, computing it from given logits, and back-propagating to the draft logits):
@@ -35,12 +36,23 @@ import time
 
 import torch
 
+from specbench.losses import LOSSES as REGISTRY
 from specbench.losses import build
 
-LOSSES = (
-    "kl,tv,lk_alpha,lk_alpha(reduce=batch),lk_lambda,lk_lambda(lambda_scope=token),tvdpp,ce,"
-    "ce+decay(gamma=7)+focal(alpha=0.3)+chain(alpha=40),kl+dpace"
-)
+
+def default_losses() -> str:
+    """Every registered loss: each base loss, the two reductions the LK paper compares
+    (``reduce=batch``, ``lambda_scope=token``), each weighting on ``kl``, and ``ce`` with
+    every weighting at once (one position weighting)."""
+    bases = [n for n, ld in REGISTRY.items() if ld.kind == "base"]
+    rest = [n for n, ld in REGISTRY.items() if ld.kind != "base"]
+    positions = [n for n in rest if REGISTRY[n].kind == "position"]
+    together = "+".join(["ce", *positions[:1], *(n for n in rest if n not in positions)])
+    specs = bases + ["lk_alpha(reduce=batch)", "lk_lambda(lambda_scope=token)"]
+    return ",".join(specs + [f"kl+{n}" for n in rest] + [together])
+
+
+LOSSES = default_losses()
 MAIN = {"tv", "lk_alpha", "lk_lambda"}  # targets: time ≤ 1.10× kl, peak ≤ 1.25× kl
 DEFAULT_CASES = [["--vocab", "32768", "--tokens", "512"], ["--vocab", "131072", "--tokens", "128"]]
 MB = 2**20
