@@ -1,4 +1,9 @@
-"""Draft architectures: shapes, training ↔ decoding consistency, a training step, save/load."""
+"""Draft architectures: shapes, training ↔ decoding consistency, a training step, save/load.
+
+Parametrized over the registry (``DRAFTS``): a newly registered architecture gets every
+generic test here without editing this file (``HPARAMS`` only shrinks known ones for speed;
+``VARIANTS`` adds second configurations of an architecture).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,44 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tiny import tiny_deepseek_v3_config, tiny_llama
 
 from specbench.drafts import DRAFTS, build_draft, load_draft
 from specbench.drafts.align import align
-from specbench.drafts.recurrent import sample_anchors
+from specbench.drafts.anchors import sample_anchors, with_first_target
+from specbench.drafts.recurrent import RecurrentDraft
 from specbench.features.vocab import target_to_draft_map
 from specbench.targets.info import TargetInfo, target_info_from_model
-from specbench.targets.tiny import tiny_deepseek_v3_config, tiny_llama
 
 V, VD, D, L, K = 80, 40, 32, 14, 4  # target vocab, draft vocab, hidden, length, draft steps
-CASES = ["eagle3", "medusa", "mlp_speculator", "mtp", "mtp_deepseek", "block_diffusion"]
-RECURRENT = ["eagle3", "mtp", "mtp_deepseek"]
+# smaller than the defaults where that is faster; an unlisted architecture runs its defaults
 HPARAMS = {
     "medusa": {"num_heads": K},
     "mlp_speculator": {"num_stages": K},
-    "block_diffusion": {"block_size": K + 1, "anchors_per_seq": 6},
+    "block_diffusion": {"block_size": K + 1, "train_anchors": 6},
 }
+# further cases: (architecture, target, hparams)
+VARIANTS = {
+    "mtp_deepseek": ("mtp", "deepseek", {}),
+    "mlp_speculator_tied": (
+        "mlp_speculator",
+        "llama",
+        {"num_stages": K, "tie_weights": True, "scale_input": True},
+    ),
+}
+
+
+def spec(case: str) -> tuple[str, str, dict]:
+    """(architecture, target, hparams) of a test case."""
+    return VARIANTS.get(case) or (case, "llama", HPARAMS.get(case, {}))
+
+
+CASES = sorted(DRAFTS) + sorted(VARIANTS)
+RECURRENT = [c for c in CASES if issubclass(DRAFTS[spec(c)[0]], RecurrentDraft)]
+# architectures that may subsample anchors in training (hparam ``train_anchors``) ...
+ANCHORED = [c for c in CASES if "train_anchors" in DRAFTS[spec(c)[0]].hparam_defaults]
+# ... and, of those, the ones whose default (None) is the all-position objective
+SUBSAMPLED = [c for c in ANCHORED if DRAFTS[spec(c)[0]].hparam_defaults["train_anchors"] is None]
 
 
 def tiny_deepseek_v3():
@@ -52,14 +79,19 @@ def make(case: str, infos: dict[str, TargetInfo], **extra):
     """(draft, info) for a test case; drafts are seeded so every test sees the same weights.
     ``extra`` hparams must not change the weights (e.g. ``train_anchors``)."""
     torch.manual_seed(1)
+    arch, target, hparams = spec(case)
+    draft = build_draft(arch, infos[target], **{**hparams, **extra})
     if case == "mtp_deepseek":
-        draft = build_draft("mtp", infos["deepseek"], **extra)
         with torch.no_grad():  # std 0.02 leaves attention ~uniform: too weak a test at d=32
             for p in draft.block.parameters():
                 if p.dim() >= 2:
                     p.normal_(0.0, 0.25)
-        return draft, infos["deepseek"]
-    return build_draft(case, infos["llama"], **HPARAMS.get(case, {}), **extra), infos["llama"]
+    if isinstance(draft.hparams.get("tie_weights"), bool):  # norms start at w = 1, b = 0:
+        with torch.no_grad():  # perturb them so that their weights and biases are tested
+            for name, p in draft.named_parameters():
+                if name.startswith("ln."):
+                    p.add_(0.3 * torch.randn(p.shape))
+    return draft, infos[target]
 
 
 def make_batch(info: TargetInfo):
@@ -96,8 +128,8 @@ def test_shapes(case, infos):
     A = out.anchors.shape[1]
     assert out.logits.shape == (2, A, K, VD) and out.anchors.shape == (2, A)
     assert torch.isfinite(out.logits).all()  # padded rows must not produce NaN either
-    if case == "block_diffusion":
-        assert A == 6
+    if draft.hparams.get("train_anchors") is not None:  # a random subset in training mode
+        assert A == min(draft.hparams["train_anchors"], L)
         _, _, mask = make_batch(info)
         a = out.anchors[1]
         real = a[a != L - 1]  # L−1 only fills rows with too few valid anchors
@@ -202,6 +234,9 @@ def test_save_load_roundtrip(case, infos, tmp_path):
     assert sum(t.numel() for t in saved.values()) <= n_params + 16  # + DeepSeek router bias
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     assert cfg["arch"] == draft.arch
+    # every hparam, defaults included, so loading never depends on today's defaults
+    assert set(cfg["hparams"]) == set(DRAFTS[draft.arch].hparam_defaults)
+    assert cfg["hparams"] == draft.hparams == loaded.hparams
 
 
 # -- anchor subsampling of the recurrent drafts' steps 2..K ----------------------------------
@@ -210,7 +245,7 @@ def test_save_load_roundtrip(case, infos, tmp_path):
 SUB = 10
 
 
-@pytest.mark.parametrize("case", RECURRENT)
+@pytest.mark.parametrize("case", ANCHORED)
 def test_train_anchors_exact(case, infos):
     """Subsampled TTT gives exactly the full TTT's logits at the chosen anchors (all steps)."""
     full_draft, info = make(case, infos)
@@ -225,7 +260,7 @@ def test_train_anchors_exact(case, infos):
     assert sub_draft.hparams["train_anchors"] == SUB
 
 
-@pytest.mark.parametrize("case", ["eagle3", "mtp"])
+@pytest.mark.parametrize("case", SUBSAMPLED)
 def test_train_anchors_distinct_and_padding_masked(case, infos):
     """Real anchors are distinct valid positions; padding anchors get no loss in ``align``."""
     draft, info = make(case, infos, train_anchors=SUB)
@@ -257,21 +292,22 @@ def test_train_anchors_distinct_and_padding_masked(case, infos):
     # uniform without replacement: over many draws every valid position turns up
     seen = torch.zeros(2, L, dtype=torch.bool)
     for seed in range(50):
-        chosen = sample_anchors(mask, 3, torch.Generator().manual_seed(seed))
+        chosen = sample_anchors(with_first_target(mask), 3, torch.Generator().manual_seed(seed))
         seen[torch.arange(2)[:, None], chosen] = True
     assert seen[0, : L - 2].all() and not seen[0, L - 2 :].any()
     assert seen[1, :7].all() and not seen[1, 7:].any()
 
 
-@pytest.mark.parametrize("case", RECURRENT)
+@pytest.mark.parametrize("case", ANCHORED)
 def test_train_anchors_decoding_equals_training(case, infos):
     """The subsampled steps 2..K also match teacher-forced decoding sessions directly."""
     check_decoding_equals_training(*make(case, infos, train_anchors=SUB), training=True)
 
 
-def test_train_anchors_rejects_nonpositive(infos):
+@pytest.mark.parametrize("case", ANCHORED)
+def test_train_anchors_rejects_nonpositive(case, infos):
     with pytest.raises(ValueError):
-        build_draft("eagle3", infos["llama"], train_anchors=0)
+        make(case, infos, train_anchors=0)
 
 
 def test_unknown_arch_lists_valid(infos):
@@ -281,16 +317,21 @@ def test_unknown_arch_lists_valid(infos):
         assert name in str(err.value) and name in DRAFTS
 
 
-def test_too_many_steps(infos):
-    draft, info = make("medusa", infos)
+@pytest.mark.parametrize("case", CASES)
+def test_too_many_steps(case, infos):
+    """Heads, stages or a block bound K (``max_k``); recurrent drafts take any K."""
+    draft, info = make(case, infos)
+    if draft.max_k is None:
+        assert train(draft, make_batch(info), steps=K + 1).logits.shape[2] == K + 1
+        return
     with pytest.raises(ValueError):
-        train(draft, make_batch(info), steps=K + 1)
+        train(draft, make_batch(info), steps=draft.max_k + 1)
 
 
-@pytest.mark.parametrize("case, hp", [("eagle3", {"train_anchors": 3}), ("block_diffusion", {})])
-def test_eval_mode_scores_every_anchor(case, infos, hp):
+@pytest.mark.parametrize("case", ANCHORED)
+def test_eval_mode_scores_every_anchor(case, infos):
     """Expected τ is paired across losses: in eval mode no anchor is subsampled."""
-    draft, info = make(case, infos, **hp)
+    draft, info = make(case, infos, train_anchors=3)
     batch = make_batch(info)
     assert train(draft, batch).anchors.shape[1] < L  # training mode: a random subset
     out = train(draft.eval(), batch)
@@ -306,3 +347,69 @@ def test_medusa_train_anchors_are_a_subset_of_the_full_forward(infos):
     assert sub.anchors.shape == (2, 5)
     expected = full.logits[torch.arange(2)[:, None], sub.anchors]
     torch.testing.assert_close(sub.logits, expected)
+
+
+# -- hparams are recorded in full ----------------------------------------------------------
+def test_load_ignores_changed_defaults(infos, tmp_path, monkeypatch):
+    """A draft saved today loads with its own hparams after a default changes."""
+    cls = DRAFTS["block_diffusion"]
+    draft = build_draft("block_diffusion", infos["llama"])  # every hparam at its default
+    draft.save(tmp_path / "d")
+    init = cls.__init__.__wrapped__  # the architecture's own __init__
+    names = list(cls.hparam_defaults)
+    changed = dict(cls.hparam_defaults, block_size=7, train_anchors=3)
+    monkeypatch.setattr(init, "__defaults__", tuple(changed[n] for n in names))
+    assert build_draft("block_diffusion", infos["llama"]).hparams["block_size"] == 7
+    loaded = load_draft(tmp_path / "d", infos["llama"])
+    assert loaded.hparams == draft.hparams and loaded.block_size == 16
+    batch = make_batch(infos["llama"])
+    with torch.no_grad():
+        assert torch.equal(train(draft.eval(), batch).logits, train(loaded.eval(), batch).logits)
+
+
+def test_registration_records_given_hparams_and_needs_defaults(infos, monkeypatch):
+    from specbench.drafts import base
+
+    monkeypatch.setattr(base, "DRAFTS", {})
+
+    @base.register_draft("forgetful")
+    class Forgetful(base.Draft):  # passes nothing up: the registration still records all
+        def __init__(self, info, width: int = 3, depth: int | None = None) -> None:
+            super().__init__(info)
+
+    draft = base.build_draft("forgetful", infos["llama"], width=5)
+    assert draft.hparams == {"width": 5, "depth": None}
+    with pytest.raises(ValueError, match="valid: \\['depth', 'width'\\]"):
+        base.build_draft("forgetful", infos["llama"], height=1)
+    with pytest.raises(TypeError, match="needs a default"):
+
+        @base.register_draft("no_default")
+        class NoDefault(base.Draft):
+            def __init__(self, info, width: int) -> None:
+                super().__init__(info)
+
+
+# -- anchors -------------------------------------------------------------------------------
+def test_block_anchors_come_from_response_positions(infos):
+    """Block drafter (SpecForge's DFlash trainer): anchors ``i`` with ``x_{i+1}`` and
+    ``x_{i+2}`` response tokens, i.e. ``loss_mask[i] ∧ loss_mask[i+1]``, none in the prompt."""
+    draft, info = make("block_diffusion", infos, train_anchors=3)
+    feats, ids, mask = make_batch(info)
+    loss_mask = mask.clone()
+    loss_mask[:, :5] = False  # a 6-token prompt: x_1..x_5 are prompt tokens
+    seen = torch.zeros(2, L, dtype=torch.bool)
+    for seed in range(60):
+        out = draft.forward_train(
+            feats, ids, mask, K, torch.Generator().manual_seed(seed), loss_mask=loss_mask
+        )
+        seen[torch.arange(2)[:, None], out.anchors] = True
+    eligible = loss_mask.clone()
+    eligible[:, :-1] &= loss_mask[:, 1:]
+    eligible[:, -1] = False
+    assert torch.equal(seen, eligible)  # row 0: anchors 5..12, row 1: 5..7
+
+
+def test_sample_anchors_all_eligible_when_num_is_none():
+    eligible = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    got = sample_anchors(eligible, None, torch.Generator().manual_seed(0))
+    assert got.tolist() == [[1, 2, 4], [0, 4, 4]]  # row 1 padded with L − 1

@@ -28,7 +28,12 @@ def align(
 ) -> StepTargets:
     """Run the draft's training forward and gather the matching target quantities."""
     out = draft.forward_train(
-        batch["features"], batch["input_ids"], batch["attention_mask"], k, generator
+        batch["features"],
+        batch["input_ids"],
+        batch["attention_mask"],
+        k,
+        generator,
+        loss_mask=batch["loss_mask"],
     )
     anchors = out.anchors  # [B, A]
     b_idx = torch.arange(anchors.shape[0], device=anchors.device)[:, None, None]

@@ -13,6 +13,8 @@ Features are stacked as ``[..., F, d]`` (layout: :mod:`specbench.features`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,16 +63,28 @@ class DraftSession:
 
 
 class Draft(nn.Module):
-    """Base class: a draft model trained on cached target features."""
+    """Base class: a draft model trained on cached target features.
+
+    Hyperparameters are the keyword parameters of the subclass's ``__init__`` after ``info``;
+    :func:`register_draft` reads them and their defaults once. A subclass passes up to this
+    ``__init__`` the values it resolved (e.g. ``intermediate_size=None`` → the target's
+    width); the registration completes ``self.hparams`` with every other hparam, given or
+    default. :meth:`save` writes them all, so :func:`load_draft` never falls back on a
+    default that may have changed since.
+    """
 
     arch: ClassVar[str] = ""
+    hparam_defaults: ClassVar[dict[str, Any]] = {}  # set by register_draft
     # number of steps the architecture can draft; None = any (recurrent drafts)
     max_k: int | None = None
 
     def __init__(self, info: TargetInfo, **hparams: Any) -> None:
         super().__init__()
+        unknown = sorted(set(hparams) - set(self.hparam_defaults))
+        if self.arch and unknown:
+            raise TypeError(f"{self.arch}: {unknown} are not parameters of its __init__")
         self.info = info
-        self.hparams = dict(hparams)
+        self.hparams = dict(hparams)  # completed by register_draft's wrapper
 
     def check_k(self, k: int) -> None:
         """Raise if the architecture cannot draft ``k`` tokens (heads, stages, block)."""
@@ -85,7 +99,11 @@ class Draft(nn.Module):
         attention_mask: torch.Tensor,  # [B, L] bool, True on real tokens
         k: int,
         generator: torch.Generator | None = None,
+        loss_mask: torch.Tensor | None = None,  # [B, L] bool: x_{i+1} is a response token
     ) -> TrainOutput:
+        """Logits of ``k`` teacher-forced steps at a set of anchors (training mode may draw a
+        random subset, from ``generator``; eval mode scores every position). ``loss_mask``
+        lets a draft draw its anchors among response positions; None = every real token."""
         raise NotImplementedError
 
     # -- decoding -------------------------------------------------------------------------
@@ -121,13 +139,47 @@ class Draft(nn.Module):
 DRAFTS: dict[str, type[Draft]] = {}
 
 
+def hparam_defaults(cls: type[Draft]) -> dict[str, Any]:
+    """``{name: default}`` of the keyword parameters of ``cls.__init__`` after ``info``.
+
+    Every one needs a default (a draft is buildable from its name alone) and no ``**kwargs``
+    (the names are the complete, checkable list).
+    """
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, info
+    out = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            raise TypeError(f"{cls.__name__}.__init__: hparam {p.name!r} needs a default")
+        out[p.name] = p.default
+    return out
+
+
 def register_draft(name: str) -> Callable[[type[Draft]], type[Draft]]:
-    """Class decorator: make an architecture buildable by name from config."""
+    """Class decorator: make an architecture buildable by name, and record its hparams.
+
+    This is the one place an architecture's name is written: importing
+    :mod:`specbench.drafts` imports every module of the package. The decorator reads the
+    hparams and their defaults from ``__init__`` (:func:`hparam_defaults`) and wraps it so
+    that every instance records ``hparams = defaults ← values given ← values resolved``
+    (the last are what the architecture passes up to :class:`Draft`, e.g. ``block="auto"``
+    → ``"llama"``). A value given but not passed up is still recorded.
+    """
 
     def wrap(cls: type[Draft]) -> type[Draft]:
         if name in DRAFTS:
             raise ValueError(f"draft architecture {name!r} registered twice")
-        cls.arch = name
+        defaults = hparam_defaults(cls)
+        init, signature = cls.__init__, inspect.signature(cls.__init__)
+
+        @functools.wraps(init)
+        def recording_init(self: Draft, info: TargetInfo, *args: Any, **kwargs: Any) -> None:
+            given = signature.bind(self, info, *args, **kwargs).arguments
+            init(self, info, *args, **kwargs)
+            given = {k: v for k, v in given.items() if k in defaults}
+            self.hparams = {**defaults, **given, **self.hparams}
+
+        cls.__init__ = recording_init
+        cls.arch, cls.hparam_defaults = name, defaults
         DRAFTS[name] = cls
         return cls
 
@@ -138,7 +190,12 @@ def build_draft(arch: str, info: TargetInfo, **hparams: Any) -> Draft:
     """Instantiate a registered draft architecture; unknown names list the valid ones."""
     if arch not in DRAFTS:
         raise ValueError(f"unknown draft architecture {arch!r}; valid: {sorted(DRAFTS)}")
-    return DRAFTS[arch](info, **hparams)
+    cls = DRAFTS[arch]
+    unknown = sorted(set(hparams) - set(cls.hparam_defaults))
+    if unknown:
+        valid = sorted(cls.hparam_defaults)
+        raise ValueError(f"{arch}: unknown hparams {unknown}; valid: {valid}")
+    return cls(info, **hparams)
 
 
 def load_draft(path: str | Path, info: TargetInfo) -> Draft:

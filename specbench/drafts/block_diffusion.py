@@ -9,11 +9,14 @@ At anchor ``i`` the block ``[x_{i+1}, MASK × (B−1)]`` sits at positions ``i+1
     logits_j = head(RMSNorm(out_j))          block position j = 1..B−1 predicts x_{i+1+j}
 
 Embedding and head are the target's, frozen (DFlash freezes both), the head restricted to the
-draft vocabulary's rows; MASK is a learned embedding. Training samples ``anchors_per_seq``
-random anchors per sequence (positions whose next token exists) and runs all their blocks
-in one pass, each block seeing only its own context; in eval mode every position is an
-anchor (teacher-forced expected τ must be paired across losses). Decoding caches the context K/V per
-layer (they do not depend on the block) and drafts a whole block in one forward.
+draft vocabulary's rows; MASK is a learned embedding. Geometry as DFlash / SpecForge's DFlash
+trainer: block ``B = 16`` (``max_k = 15``); training draws ``train_anchors`` (512) random
+anchors per sequence among response positions (the known token ``x_{i+1}`` and the first
+target are response tokens, :func:`~specbench.drafts.anchors.in_response`) and runs all their
+blocks in one pass, each block seeing only its own context. In eval mode every position is
+an anchor (teacher-forced expected τ must be paired across losses). Decoding caches the
+context K/V per layer (they do not depend on the block) and drafts a whole block in one
+forward.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench.drafts.anchors import anchor_count, in_response, sample_anchors
 from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput, register_draft
 from specbench.drafts.layers import (
     DecoderLayer,
@@ -36,33 +40,35 @@ from specbench.targets.info import TargetInfo
 
 @register_draft("block_diffusion")
 class BlockDiffusion(Draft):
-    """Hparams: ``num_layers`` (2), ``block_size`` B (7, so max_k = B−1 = 6),
-    ``anchors_per_seq`` (16), ``intermediate_size`` (target's dense width), ``qk_norm`` (True)."""
+    """Hparams: ``num_layers`` (2), ``block_size`` B (16, DFlash's; max_k = B−1 = 15),
+    ``train_anchors`` (512, SpecForge's ``num_anchors``; None = every response anchor),
+    ``intermediate_size`` (target's dense width), ``qk_norm`` (True)."""
 
     def __init__(
         self,
         info: TargetInfo,
         num_layers: int = 2,
-        block_size: int = 7,
-        anchors_per_seq: int = 16,
+        block_size: int = 16,
+        train_anchors: int | None = 512,
         intermediate_size: int | None = None,
         qk_norm: bool = True,
     ) -> None:
         inter = int(intermediate_size or info.intermediate_size)
+        train_anchors = anchor_count(train_anchors)
         super().__init__(
             info,
             num_layers=int(num_layers),
             block_size=int(block_size),
-            anchors_per_seq=int(anchors_per_seq),
+            train_anchors=train_anchors,
             intermediate_size=inter,
             qk_norm=bool(qk_norm),
         )
         if block_size < 2:
             raise ValueError("block_size must be ≥ 2 (one known token plus masks)")
         d, eps = info.hidden_size, info.rms_norm_eps
-        self.block_size, self.anchors_per_seq = int(block_size), int(anchors_per_seq)
+        self.block_size, self.train_anchors = int(block_size), train_anchors
         self.max_k = self.block_size - 1
-        self.head_dim = d // info.num_attention_heads
+        self.head_dim = info.head_dim
         self.fc = nn.Linear(4 * d, d, bias=False)
         self.hidden_norm = RMSNorm(d, eps=eps)
         self.layers = nn.ModuleList(DecoderLayer(info, inter, qk_norm) for _ in range(num_layers))
@@ -96,23 +102,6 @@ class BlockDiffusion(Draft):
             x = layer(x, cos, sin, mask, prefix=prefix)
         return F.linear(self.norm(x), self.head_weight.to(x.dtype))
 
-    def sample_anchors(self, valid: torch.Tensor, generator: torch.Generator | None):
-        """``[B, A]`` sorted random anchors ``i`` with real tokens at ``i`` and ``i+1``.
-
-        Rows with fewer than A such positions are filled with ``L−1``, whose targets run off
-        the sequence (the loss masks them).
-        """
-        B, L = valid.shape
-        A = max(1, min(self.anchors_per_seq, L - 1))
-        ok = torch.zeros_like(valid)
-        ok[:, :-1] = valid[:, :-1] & valid[:, 1:]
-        device = generator.device if generator is not None else valid.device
-        score = torch.rand(B, L, generator=generator, device=device).to(valid.device)
-        score = torch.where(ok, score, -1.0)
-        top, idx = score.topk(A, dim=1)
-        anchors = torch.where(top >= 0, idx, L - 1)
-        return anchors.sort(dim=1).values
-
     # -- contract -------------------------------------------------------------------------
     def forward_train(
         self,
@@ -121,12 +110,14 @@ class BlockDiffusion(Draft):
         attention_mask: torch.Tensor,
         k: int,
         generator: torch.Generator | None = None,
+        loss_mask: torch.Tensor | None = None,
     ) -> TrainOutput:
         self.check_k(k)
         B, L = input_ids.shape
         Bs, valid = self.block_size, attention_mask.bool()
-        if self.training:
-            anchors = self.sample_anchors(valid, generator)  # [B, A]
+        if self.training:  # among response positions (all real tokens without a loss mask)
+            eligible = in_response(valid if loss_mask is None else loss_mask.bool() & valid)
+            anchors = sample_anchors(eligible, self.train_anchors, generator)  # [B, A]
         else:  # evaluation (expected τ) scores every anchor, the same ones for every loss
             anchors = torch.arange(L, device=input_ids.device).expand(B, L)
         A = anchors.shape[1]

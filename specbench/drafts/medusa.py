@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench.drafts.anchors import anchor_count, sample_anchors, with_first_target
 from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput, register_draft
 from specbench.drafts.layers import target_head_rows
-from specbench.drafts.recurrent import sample_anchors
 from specbench.features import LAST
 from specbench.targets.info import TargetInfo
 
@@ -51,7 +51,7 @@ class Medusa(Draft):
         num_layers: int = 1,
         train_anchors: int | None = None,
     ) -> None:
-        train_anchors = None if train_anchors is None else int(train_anchors)
+        train_anchors = anchor_count(train_anchors)
         super().__init__(
             info, num_heads=int(num_heads), num_layers=int(num_layers), train_anchors=train_anchors
         )
@@ -86,11 +86,13 @@ class Medusa(Draft):
         attention_mask: torch.Tensor,
         k: int,
         generator: torch.Generator | None = None,
+        loss_mask: torch.Tensor | None = None,
     ) -> TrainOutput:
         B, L = input_ids.shape
         h = features[..., LAST, :].to(self.heads[0].weight.dtype)
         if self.training and self.train_anchors is not None:
-            anchors = sample_anchors(attention_mask.bool(), self.train_anchors, generator)
+            eligible = with_first_target(attention_mask.bool())
+            anchors = sample_anchors(eligible, self.train_anchors, generator)
             h = h.gather(1, anchors[..., None].expand(-1, -1, h.shape[-1]))
         else:
             anchors = torch.arange(L, device=input_ids.device).expand(B, L)

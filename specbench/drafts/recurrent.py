@@ -22,42 +22,23 @@ from __future__ import annotations
 
 import torch
 
+from specbench.drafts.anchors import anchor_count, sample_anchors, with_first_target
 from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput
 from specbench.drafts.layers import KVCache, ttt_mask
 from specbench.targets.info import TargetInfo
-
-
-def sample_anchors(
-    valid: torch.Tensor, num: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """``[B, min(num, L)]`` sorted distinct random anchors per row, among positions ``i``
-    whose step-1 target exists (real tokens at ``i`` and ``i + 2``).
-
-    Rows with fewer such positions are filled with ``L − 1``: its targets run off the
-    sequence, so the trainer masks them and the repeats count nowhere.
-    """
-    B, L = valid.shape
-    ok = torch.zeros_like(valid)
-    ok[:, :-2] = valid[:, :-2] & valid[:, 2:]
-    device = generator.device if generator is not None else valid.device
-    score = torch.rand(B, L, generator=generator, device=device).to(valid.device)
-    top, idx = torch.where(ok, score, -1.0).topk(min(num, L), dim=1)
-    return torch.where(top >= 0, idx, L - 1).sort(dim=1).values
 
 
 class RecurrentDraft(Draft):
     """Base class: subclasses define ``initial_hidden``, ``step`` and ``logits``.
 
     Hparam ``train_anchors``: anchors per sequence that run draft steps ``2..K`` in
-    ``forward_train`` in training mode (random, see :func:`sample_anchors`); ``None``, or
-    eval mode, = every position.
+    ``forward_train`` in training mode (uniformly among positions whose step-1 target
+    exists, :func:`~specbench.drafts.anchors.with_first_target`); ``None``, or eval mode,
+    = every position.
     """
 
     def __init__(self, info: TargetInfo, train_anchors: int | None = None, **hparams) -> None:
-        if train_anchors is not None:
-            train_anchors = int(train_anchors)
-            if train_anchors < 1:
-                raise ValueError(f"train_anchors must be ≥ 1 or None, got {train_anchors}")
+        train_anchors = anchor_count(train_anchors)
         super().__init__(info, train_anchors=train_anchors, **hparams)
         self.train_anchors = train_anchors
 
@@ -93,6 +74,7 @@ class RecurrentDraft(Draft):
         attention_mask: torch.Tensor,
         k: int,
         generator: torch.Generator | None = None,
+        loss_mask: torch.Tensor | None = None,
     ) -> TrainOutput:
         self.check_k(k)
         B, L = input_ids.shape
@@ -110,7 +92,7 @@ class RecurrentDraft(Draft):
             # evaluation (expected τ) scores every anchor, the same ones for every loss
             anchors = positions.expand(B, L)
         else:  # steps ≥ 2 only at a few anchors: keep their step-1 states
-            anchors = sample_anchors(valid, self.train_anchors, generator)
+            anchors = sample_anchors(with_first_target(valid), self.train_anchors, generator)
             hidden = hidden.gather(1, anchors[..., None].expand(-1, -1, hidden.shape[-1]))
         out = [self.logits(hidden)]
         for j in range(2, k + 1):
