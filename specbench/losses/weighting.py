@@ -56,11 +56,11 @@ def dpace(rows: Rows, *, mix: float = 0.5) -> Tensor:
     it) and it adds no term of its own to the suffix sums; its weight is 0. This is what
     speculators 0.9.0 (``losses/utils.py: dpace_loss_decay``) and SpecForge 0.2.0
     (``algorithms/common/dflash_family_model.py: _dpace_weight``) do. (Until now specbench
-    set ``q̃ = 0`` there, which zeroed the rest of the block. That is the same for the
-    masked tail of a block, the only masks inside blocks that specbench's drafts produce,
-    but an interior mask, such as the peers' masked anchor slot or an unsupervised token,
-    means "not trained on", not "rejected". So the old behaviour was dropped.) At a valid
-    position without a draft-vocab label ``q(y) = 0``, so ``q̃ = 1 − mix``.
+    set ``q̃ = 0`` there, which zeroed the rest of the block. That is the same for a masked
+    tail, a block running past the end of the response. It is not the same for an interior
+    mask, such as the peers' masked anchor slot or a block spanning an unsupervised span.
+    Such a mask means "not trained on", not "rejected", so the old behaviour was dropped.)
+    At a valid position without a draft-vocab label ``q(y) = 0``, so ``q̃ = 1 − mix``.
     """
     q = torch.where(rows.label_ok, rows.logq_y.detach().exp(), 0.0)
     q_mix = torch.where(rows.mask, mix * q + (1 - mix), 1.0)
