@@ -82,6 +82,9 @@ class EvalConfig(Strict):
     k: dict[str, int]  # draft steps at evaluation per arch; "default" for the rest
     live_prompts: int = Field(ge=0)  # prompts per domain decoded live at T>0 (T=0 replays all)
     live_new_tokens: int = Field(gt=0)
+    # unbiased T=1 τ (branch-verified, SPEC §4): response positions per eval prompt, a
+    # seeded subset shared by every draft (None: every position)
+    unbiased_anchors: int | None = Field(None, gt=0)
     bootstrap: int = Field(2000, gt=0)
 
     def k_for(self, arch: str) -> int:

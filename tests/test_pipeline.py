@@ -59,6 +59,8 @@ def test_smoke_matrix_writes_tables_and_plots(smoke_run):
         "tau_live_se",
         "tau_expected",
         "tau_expected_se",
+        "tau_unbiased",
+        "tau_unbiased_se",
         "n_prompts",
         "n_rounds",
         "a_1",
@@ -69,6 +71,9 @@ def test_smoke_matrix_writes_tables_and_plots(smoke_run):
         assert col in tau.columns, col
     assert (tau["tau_live"] >= 1).all() and (tau["tau_expected"] >= 1).all()  # bonus token counted
     assert (tau["tau_live"] <= tau["k_eval"] + 1).all()
+    t1 = tau[tau["temperature"] == 1]  # the unbiased estimator runs at T=1 only
+    assert (t1["tau_unbiased"] >= 1).all() and (t1["tau_unbiased"] <= t1["k_eval"] + 1).all()
+    assert tau[tau["temperature"] == 0]["tau_unbiased"].isna().all()
     gains = pd.read_csv(smoke_run / "results/tables/gains.csv")
     assert len(gains) == cells // len(cfg["losses"]) * (len(cfg["losses"]) - 1) // len(cfg["seeds"])
     assert (gains["tau_expected_ci_lo"] <= gains["tau_expected_gain_pct"]).all()

@@ -9,9 +9,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from specbench.aggregation.tables import headline  # noqa: E402
 
-def plot_gains(gains: pd.DataFrame, path: str, measure: str = "tau_expected") -> None:
-    """One panel per (draft arch, temperature); bars per loss, grouped by domain, 95% CIs."""
+
+def plot_gains(gains: pd.DataFrame, path: str, measure: str | None = None) -> None:
+    """One panel per (draft arch, temperature); bars per loss, grouped by domain, 95% CIs.
+
+    ``measure``: one τ measure for every panel; default each temperature's headline
+    (unbiased τ at T=1, the exact replay at T=0).
+    """
     if gains.empty:  # a one-loss matrix: say so instead of failing
         fig, ax = plt.subplots(figsize=(5, 2))
         ax.axis("off")
@@ -23,16 +29,17 @@ def plot_gains(gains: pd.DataFrame, path: str, measure: str = "tau_expected") ->
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 4))
     axes = np.atleast_1d(axes)
     for ax, ((arch, temp), g) in zip(axes, panels, strict=False):
+        name = measure or headline(temp, g.dropna(axis=1, how="all").columns)
         domains = sorted(g["domain"].unique())
         losses = sorted(g["loss"].unique())
         width = 0.8 / max(1, len(losses))
         for i, loss in enumerate(losses):
             sub = g[g["loss"] == loss].set_index("domain").reindex(domains)
-            est = sub[f"{measure}_gain_pct"].to_numpy(float)
+            est = sub[f"{name}_gain_pct"].to_numpy(float)
             err = np.vstack(
                 [
-                    est - sub[f"{measure}_ci_lo"].to_numpy(float),
-                    sub[f"{measure}_ci_hi"].to_numpy(float) - est,
+                    est - sub[f"{name}_ci_lo"].to_numpy(float),
+                    sub[f"{name}_ci_hi"].to_numpy(float) - est,
                 ]
             )
             x = np.arange(len(domains)) + (i - (len(losses) - 1) / 2) * width
@@ -40,10 +47,7 @@ def plot_gains(gains: pd.DataFrame, path: str, measure: str = "tau_expected") ->
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(np.arange(len(domains)), domains)
         ax.set_title(f"{arch}, T={temp}")
-        ax.set_ylabel(
-            f"Δ{'τ (expected)' if measure == 'tau_expected' else 'τ (live)'} vs "
-            f"{g['baseline'].iloc[0]} [%]"
-        )
+        ax.set_ylabel(f"Δ{name} vs {g['baseline'].iloc[0]} [%]")
         ax.legend(fontsize=8)
     fig.suptitle("τ gain vs baseline loss (τ includes the bonus token; 95% paired CI)")
     fig.tight_layout()

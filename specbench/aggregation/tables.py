@@ -22,7 +22,18 @@ CELL = ["target", "draft_arch", "loss", "domain", "temperature", "seed"]
 MEASURES = {
     "tau_live": ("accepted_plus_rounds", "rounds"),  # live decoding (T=1) / exact replay (T=0)
     "tau_expected": ("tau_expected_sum", "anchors"),  # teacher-forced (SPEC §4)
+    "tau_unbiased": ("tau_unbiased_sum", "unbiased_anchors"),  # branch-verified, T=1 only
 }
+# the measure a table or plot leads with: unbiased at T=1, the exact replay at T=0
+HEADLINE = {1: "tau_unbiased", 0: "tau_live"}
+
+
+def headline(temperature: int, columns) -> str:
+    """The headline measure of a temperature, or expected τ where it was not measured."""
+    name = HEADLINE.get(int(temperature), "tau_expected")
+    return name if f"{name}_gain_pct" in columns or name in columns else "tau_expected"
+
+
 # MBSU (mean block-size utilisation, SPEC §4): τ per unit of verification cost,
 # τ / (K·c + 1) with c = draft FLOPs per step / target FLOPs per token; 1 = target alone
 
@@ -41,9 +52,15 @@ def load_per_prompt(eval_dirs: list[str | Path]) -> pd.DataFrame:
     return df
 
 
+def _with_measures(pp: pd.DataFrame) -> pd.DataFrame:
+    """``pp`` with every measure's sum columns; a measure that did not run sums to zero."""
+    missing = {c for pair in MEASURES.values() for c in pair} - set(pp.columns)
+    return pp.assign(**dict.fromkeys(sorted(missing), 0)) if missing else pp
+
+
 def tau_table(pp: pd.DataFrame) -> pd.DataFrame:
     """One row per (target, draft_arch, loss, domain, temperature, seed)."""
-    rows = []
+    pp, rows = _with_measures(pp), []
     for key, g in pp.groupby(CELL, sort=True):
         row = dict(zip(CELL, key, strict=True))
         for name, (num, den) in MEASURES.items():
@@ -76,7 +93,7 @@ def gains_table(pp: pd.DataFrame, baseline: str, n_boot: int = 2000) -> pd.DataF
     seeds are pooled in the bootstrap (prompt × seed sums) and their spread is reported
     separately as the mean ± std of the per-seed Δ%.
     """
-    rows = []
+    pp, rows = _with_measures(pp), []
     group = ["target", "draft_arch", "domain", "temperature"]
     for key, g in pp.groupby(group, sort=True):
         base = g[g["loss"] == baseline]
@@ -128,7 +145,7 @@ def gains_markdown(gains: pd.DataFrame, note: str = "") -> str:
         )
 
     def fmt(r, name):
-        if pd.isna(r.get(f"{name}_gain_pct")):
+        if pd.isna(r.get(f"{name}_gain_pct", float("nan"))):
             return "–"
         return (
             f"{r[f'{name}_gain_pct']:+.1f} [{r[f'{name}_ci_lo']:+.1f}, {r[f'{name}_ci_hi']:+.1f}]"
@@ -139,19 +156,23 @@ def gains_markdown(gains: pd.DataFrame, note: str = "") -> str:
         "",
         note,
         "",
-        "Expected τ: teacher-forced, every position of the held-out responses (paired by "
-        "position). Live τ: exact speculative decoding (T=1) / exact greedy replay (T=0) on "
-        "fewer prompts. Brackets: paired 95% bootstrap CI over prompts, seeds pooled.",
+        "Headline Δτ: the unbiased branch-verified estimate at T=1 (`tau_unbiased`), the "
+        "exact greedy replay at T=0 (`tau_live`). Expected τ: teacher-forced, every position "
+        "of the held-out responses (biased at T=1 beyond draft step 1). Live τ: exact "
+        "speculative decoding (T=1) / exact greedy replay (T=0). Brackets: paired 95% "
+        "bootstrap CI over prompts, seeds pooled.",
         "",
-        "| target | draft | domain | T | loss | Δτ_expected % | Δτ_live % | seed std (exp.) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| target | draft | domain | T | loss | Δτ % (headline) | Δτ_expected % | Δτ_live % "
+        "| seed std (headline) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in gains.iterrows():
-        std = r.get("tau_expected_seed_std")
+        lead = headline(r["temperature"], r.dropna().index)
+        std = r.get(f"{lead}_seed_std", float("nan"))
         lines.append(
             f"| {r['target']} | {r['draft_arch']} | {r['domain']} | {r['temperature']} | "
-            f"{r['loss']} | {fmt(r, 'tau_expected')} | {fmt(r, 'tau_live')} | "
-            f"{'–' if pd.isna(std) else f'{std:.1f}'} |"
+            f"{r['loss']} | {fmt(r, lead)} ({lead}) | {fmt(r, 'tau_expected')} | "
+            f"{fmt(r, 'tau_live')} | {'–' if pd.isna(std) else f'{std:.1f}'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,8 +1,10 @@
 """Evaluate one trained draft on one domain at one temperature.
 
-Two measurements, reported side by side:
+Three measurements, reported side by side:
 - **expected τ** (teacher-forced, SPEC §4) at every start position of the held-out
-  target-generated responses — cheap, paired across losses, resolves small gains;
+  target-generated responses — cheap and paired, but biased at T=1 beyond draft step 1;
+- **unbiased τ** (T=1, :mod:`.unbiased`): the draft's own chains verified by the target at
+  many start positions in one forward — unbiased for live τ and paired across losses;
 - **live τ**: exact speculative decoding (T>0, the real target in the loop) or its exact
   T=0 replay against the cached greedy continuation.
 Per-prompt sums are kept so that gains can be bootstrapped by prompt.
@@ -17,6 +19,7 @@ import torch
 from specbench.decoding.expected import acceptance_probs, expected_tau
 from specbench.decoding.replay import replay_greedy
 from specbench.decoding.speculative import DecodeResult, speculative_decode
+from specbench.decoding.unbiased import unbiased_tau_by_prompt
 from specbench.drafts.align import align
 from specbench.drafts.base import Draft
 from specbench.features.cache import FeatureCache
@@ -30,6 +33,9 @@ class PromptStats:
     prompt_index: int
     anchors: int = 0
     tau_expected_sum: float = 0.0
+    unbiased_anchors: int = 0
+    tau_unbiased_sum: float = 0.0
+    unbiased_seconds: float = 0.0
     rounds: int = 0
     accepted_sum: int = 0
     tokens: int = 0
@@ -136,3 +142,28 @@ def live_tau_by_prompt(
         s = out.setdefault(pid, PromptStats(pid))
         _add_live(s, res)
     return out
+
+
+@torch.no_grad()
+def unbiased_tau_by_prompt_stats(
+    draft: Draft,
+    cache: FeatureCache,
+    runner,
+    k: int,
+    seed: int,
+    max_anchors_per_prompt: int | None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[int, PromptStats]:
+    """The unbiased T=1 τ sums of :func:`.unbiased.unbiased_tau_by_prompt`, as PromptStats."""
+    found = unbiased_tau_by_prompt(
+        draft, cache, runner, k, seed, max_anchors_per_prompt=max_anchors_per_prompt, shard=shard
+    )
+    return {
+        pid: PromptStats(
+            pid,
+            unbiased_anchors=u.anchors,
+            tau_unbiased_sum=u.tau_unbiased_sum,
+            unbiased_seconds=u.seconds,
+        )
+        for pid, u in found.items()
+    }

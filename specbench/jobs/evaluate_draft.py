@@ -15,7 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from specbench.data.splits import eval_split
-from specbench.decoding.evaluate import PromptStats, expected_tau_by_prompt, live_tau_by_prompt
+from specbench.decoding.evaluate import (
+    PromptStats,
+    expected_tau_by_prompt,
+    live_tau_by_prompt,
+    unbiased_tau_by_prompt_stats,
+)
 from specbench.dist import Lockstep, gather_to_rank0
 from specbench.drafts import load_draft
 from specbench.drafts.align import usable_k
@@ -50,7 +55,7 @@ def run(job: Job) -> None:
     draft = load_draft(Path(job.input["draft"]).parent, info).to(ctx.device).eval()
     k = usable_k(draft, cfg.eval.k_for(wc["arch"]))
     shard = (ctx.rank, ctx.world)
-    mine: dict[Cell, tuple[dict[int, PromptStats], dict[int, PromptStats]]] = {}
+    mine: dict[Cell, list[dict[int, PromptStats]]] = {}  # expected, live, unbiased
     for temperature in cfg.temperatures:
         split = eval_split(temperature)
         for domain in cfg.domains:
@@ -69,7 +74,14 @@ def run(job: Job) -> None:
                 eos_token_id=eos,
                 shard=shard,
             )
-            mine[(temperature, domain)] = (exp, live)
+            unbiased = (
+                unbiased_tau_by_prompt_stats(
+                    draft, cache, runner, k, int(wc["seed"]), cfg.eval.unbiased_anchors, shard
+                )
+                if temperature == 1
+                else {}
+            )
+            mine[(temperature, domain)] = [exp, live, unbiased]
             ctx.say(f"{domain} T={temperature}: rank 0: {len(exp)} expected, {len(live)} live")
     if lockstep:
         runner.model.drain()  # keep answering the other ranks' forwards until all are done
@@ -79,20 +91,27 @@ def run(job: Job) -> None:
     rows = []
     for temperature in cfg.temperatures:
         for domain in cfg.domains:
-            exp = {pid: s for p in parts for pid, s in p[(temperature, domain)][0].items()}
-            live = {pid: s for p in parts for pid, s in p[(temperature, domain)][1].items()}
-            rows += _rows(domain, temperature, exp, live)
+            exp, live, unbiased = (
+                {pid: s for p in parts for pid, s in p[(temperature, domain)][i].items()}
+                for i in range(3)
+            )
+            rows += _rows(domain, temperature, exp, live, unbiased)
             ctx.say(f"{domain} T={temperature}: {len(exp)} prompts expected, {len(live)} live")
     write_outputs(job, rows, k, draft, info, cfg.temperatures, cfg.domains)
 
 
-def _rows(domain: str, temperature: int, exp: dict, live: dict) -> list[dict]:
+def _rows(domain: str, temperature: int, exp: dict, live: dict, unbiased: dict) -> list[dict]:
+    """One row per prompt: the expected-τ sums, then what live decoding and the unbiased
+    estimator measured on that prompt (zeros where they did not run)."""
+    live_keys = ("rounds", "accepted_sum", "tokens", "wall_seconds", "target_seconds")
+    live_keys += ("draft_seconds", "reached", "accepted_at")
+    unbiased_keys = ("unbiased_anchors", "tau_unbiased_sum", "unbiased_seconds")
     rows = []
     for pid in sorted(exp):
         row = {"domain": domain, "temperature": temperature, **asdict(exp[pid])}
-        if pid in live:
-            lv = asdict(live[pid])
-            row.update({key: lv[key] for key in lv if key not in ("anchors", "tau_expected_sum")})
+        for found, keys in ((live, live_keys), (unbiased, unbiased_keys)):
+            if pid in found:
+                row.update({key: getattr(found[pid], key) for key in keys})
         rows.append(row)
     return rows
 
