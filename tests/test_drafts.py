@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tiny import tiny_deepseek_v3_config, tiny_llama
 
+from specbench.decoding.speculative import speculative_decode, target_decode
 from specbench.drafts import DRAFTS, build_draft, load_draft
 from specbench.drafts.align import align
 from specbench.drafts.anchors import sample_anchors, with_first_target
 from specbench.drafts.recurrent import RecurrentDraft
 from specbench.features.vocab import target_to_draft_map
 from specbench.targets.info import TargetInfo, target_info_from_model
+from specbench.targets.runner import TargetRunner
 
 V, VD, D, L, K = 80, 40, 32, 14, 4  # target vocab, draft vocab, hidden, length, draft steps
 # smaller than the defaults where that is faster; an unlisted architecture runs its defaults
@@ -67,12 +69,13 @@ def draft_vocab() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def infos() -> dict[str, TargetInfo]:
-    llama = target_info_from_model(tiny_llama(vocab_size=V, hidden_size=D), draft_vocab())
-    ds_model = tiny_deepseek_v3()
-    ds = target_info_from_model(ds_model, draft_vocab())
-    ds.extra["hf_config"] = ds_model.config
-    return {"llama": llama, "deepseek": ds}
+def models() -> dict[str, torch.nn.Module]:
+    return {"llama": tiny_llama(vocab_size=V, hidden_size=D), "deepseek": tiny_deepseek_v3()}
+
+
+@pytest.fixture(scope="module")
+def infos(models) -> dict[str, TargetInfo]:
+    return {name: target_info_from_model(m, draft_vocab()) for name, m in models.items()}
 
 
 def make(case: str, infos: dict[str, TargetInfo], **extra):
@@ -191,6 +194,41 @@ def test_session_chunks_and_no_mutation(case, infos):
     torch.testing.assert_close(
         whole.propose(2, lambda z: 0)[1], fresh.propose(2, lambda z: 0)[1], atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_decoding_is_lossless(case, infos, models):
+    """Through the real decoder: T = 0 emits exactly the target's greedy tokens; at T = 1 the
+    logits a session returns are the ones its tokens were sampled from (the decoder's q, so
+    the accept/residual rule keeps the output distributed as the target's)."""
+    draft, info = make(case, infos)
+    runner = TargetRunner(models[spec(case)[1]])
+    prompt, n = torch.tensor([3, 17, 5, 60, 2, 33]), 10
+    k = min(K, draft.max_k or K)
+    greedy = target_decode(runner, prompt, n, temperature=0)
+    res = speculative_decode(
+        runner, draft.eval().start_session(), info.draft_to_target, prompt, n, k, temperature=0
+    )
+    assert res.tokens == greedy.tokens and res.num_rounds >= 1
+
+    class Recording:  # wraps a session: checks every proposal against the logits it sampled
+        def __init__(self, session):
+            self.session, self.checked = session, 0
+
+        def extend(self, features, next_tokens):
+            self.session.extend(features, next_tokens)
+
+        def propose(self, k, sample_fn):
+            seen = []
+            ids, logits = self.session.propose(k, lambda z: seen.append(z) or sample_fn(z))
+            torch.testing.assert_close(torch.stack(seen), logits, atol=0, rtol=0)
+            self.checked += 1
+            return ids, logits
+
+    session = Recording(draft.start_session())
+    g = torch.Generator().manual_seed(5)
+    res = speculative_decode(runner, session, info.draft_to_target, prompt, n, k, 1.0, g)
+    assert len(res.tokens) == n and session.checked == res.num_rounds >= 1
 
 
 def masked_kl(out, batch, p: torch.Tensor) -> torch.Tensor:
