@@ -8,8 +8,8 @@
 The token embedding is the target's (frozen, not saved); ``lm_head`` is trainable and starts
 from the target head's rows of the draft vocabulary. Recurrence and training-time test: see
 :mod:`specbench.drafts.recurrent`. As in SpecForge's Llama EAGLE-3 draft, the layer has the
-target's hidden size, head counts and RMSNorm eps; RoPE is the plain θ-RoPE of the target
-(no long-context RoPE scaling).
+target's hidden size, head counts, head width (the config's ``head_dim``) and RMSNorm eps;
+RoPE is the plain θ-RoPE of the target (no long-context RoPE scaling).
 """
 
 from __future__ import annotations

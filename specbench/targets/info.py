@@ -31,7 +31,8 @@ class TargetInfo:
     mtp_state_dict: dict[str, torch.Tensor] | None = None  # released MTP weights, if any
     extra: dict[str, Any] = field(default_factory=dict)
     # attention head width: the config's ``head_dim`` where it has one (gpt-oss: 64, not
-    # 2880 // 64 = 45; Qwen3-235B: 128, not 64), else hidden_size // num_attention_heads
+    # 2880 // 64 = 45; Qwen3-235B: 128, not 64; DeepSeek-V3: transformers sets it to the MLA
+    # qk_rope_head_dim, 64, which SpecForge's draft config copies too), else hidden // heads
     head_dim: int | None = None
 
     def __post_init__(self) -> None:
