@@ -103,6 +103,9 @@ class Config(Strict):
     train: TrainConfig
     eval: EvalConfig
     arch_hparams: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # per-architecture vocabulary overriding its reference's ("full" or "truncated" to
+    # data.draft_vocab_size tokens): a stated deviation, e.g. for CPU time
+    arch_vocab: dict[str, Literal["truncated", "full"]] = Field(default_factory=dict)
     threads: int = Field(1, gt=0)
     note: str = ""
 
@@ -167,6 +170,9 @@ class Config(Strict):
                     f"T=0 replay needs look-ahead: data.eval_new_tokens must be >= "
                     f"eval.live_new_tokens + max eval.k = {need}"
                 )
+        for arch in self.arch_vocab:
+            if arch not in DRAFTS:
+                raise ValueError(f"arch_vocab: unknown arch {arch!r}; valid: {sorted(DRAFTS)}")
         for arch in self.arch_hparams:
             if arch not in DRAFTS:
                 raise ValueError(f"arch_hparams: unknown arch {arch!r}; valid: {sorted(DRAFTS)}")
@@ -175,6 +181,16 @@ class Config(Strict):
                 if arch not in DRAFTS:
                     raise ValueError(f"targets.{name}.draft_archs: unknown {arch!r}")
         return self
+
+    def vocab_for(self, arch: str) -> str:
+        """The draft vocabulary an architecture trains over: its reference's, or the override."""
+        from specbench.drafts import DRAFTS
+
+        return self.arch_vocab.get(arch, DRAFTS[arch].reference_vocab)
+
+    def vocabs_for(self, target: str) -> list[str]:
+        """The vocabularies the architectures of ``target`` need caches for."""
+        return sorted({self.vocab_for(a) for a in self.archs_for(target)})
 
     def archs_for(self, target: str) -> list[str]:
         only = self.targets[target].draft_archs

@@ -148,3 +148,20 @@ def test_snakemake_command_line_overrides(tmp_path):
     said = bad.stdout + bad.stderr  # Snakemake prints workflow errors on stdout
     assert "invalid specbench config:\n  seeds.0:" in said, said[-2000:]
     assert "Traceback" not in said
+
+
+def test_vocabulary_per_architecture_follows_the_reference_unless_overridden():
+    from specbench.drafts import DRAFTS
+
+    cfg = raw("tiny-full")
+    cfg.pop("arch_vocab", None)
+    loaded = load_config(cfg)
+    assert DRAFTS["eagle3"].reference_vocab == "truncated"
+    for arch in ("medusa", "mlp_speculator", "mtp", "block_diffusion"):
+        assert loaded.vocab_for(arch) == DRAFTS[arch].reference_vocab == "full", arch
+    assert loaded.vocabs_for("smollm2-135m") == ["full", "truncated"]
+    cfg["arch_vocab"] = {"medusa": "truncated"}
+    assert load_config(cfg).vocab_for("medusa") == "truncated"
+    cfg["arch_vocab"] = {"medusa_v2": "full"}
+    with pytest.raises(ConfigError, match="arch_vocab: unknown arch 'medusa_v2'"):
+        load_config(cfg)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from specbench.config import ConfigError, load_config
+from specbench.data.domains import DOMAINS, eval_prompts, train_prompts
 from specbench.data.generate import split_at_eos
 from specbench.data.math_problems import word_problems
-from specbench.data.domains import DOMAINS, eval_prompts, train_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "workflow/schemas/config.schema.json").read_text())

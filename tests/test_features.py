@@ -130,3 +130,17 @@ def test_released_mtp_weights_are_read_from_the_checkpoint(tmp_path):
         mtp[f"model.layers.{n}.eh_proj.weight"],
     )
     assert info.extra["hf_config"].model_type == "deepseek_v3"
+
+
+def test_full_vocabulary_cache_is_the_whole_normalised_distribution(tmp_path):
+    """``full`` vocabulary: the identity map; cached log p sums to one at every position."""
+    from specbench.features.vocab import full_vocab_payload
+
+    model = tiny_llama()
+    payload = full_vocab_payload(model.config.vocab_size)
+    d2t = torch.tensor(payload["draft_to_target"])
+    assert payload["size"] == 64 and torch.equal(d2t, torch.arange(64)) and payload["coverage"] == 1
+    tensors = compute_features(TargetRunner(model), _sequences(), d2t, batch_size=2)
+    total = tensors["logprobs"].logsumexp(dim=-1)
+    torch.testing.assert_close(total, torch.zeros_like(total), atol=1e-5, rtol=0)
+    assert (target_to_draft_map(d2t, 64) >= 0).all()  # nothing is out of vocabulary

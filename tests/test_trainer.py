@@ -109,3 +109,38 @@ def test_micro_batch_must_divide_the_batch():
     assert TrainConfig(**base, micro_batch_size=3).micro_batch_size == 3
     with pytest.raises(ValueError, match="micro_batch_size 4 must divide train.batch_size 6"):
         TrainConfig(**base, micro_batch_size=4)
+
+
+def test_out_of_vocab_rows_can_be_dropped_from_the_loss(setup):
+    """``train.out_of_vocab: drop`` masks the rows whose target argmax has no draft id."""
+    cache, draft = setup
+    t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size)
+    gen, cpu, idx = torch.Generator(), torch.device("cpu"), [0, 1, 2, 3]
+    seen = {}
+
+    def spy(**kw):  # records the mask the loss sees; a constant-gradient loss
+        seen["mask"] = kw["mask"].clone()
+        return (kw["draft_logits"].float() * kw["mask"][..., None]).mean()
+
+    accumulate_gradients(copy.deepcopy(draft), spy, cache, idx, 3, None, t2d, gen, cpu)
+    keep = seen["mask"]
+    accumulate_gradients(
+        copy.deepcopy(draft), spy, cache, idx, 3, None, t2d, gen, cpu, drop_out_of_vocab=True
+    )
+    drop = seen["mask"]
+    batch = cache.batch(idx, cpu)
+    from specbench.drafts.align import align
+
+    st = align(copy.deepcopy(draft), batch, 3, t2d, torch.Generator())
+    outside = t2d[st.target_argmax] < 0
+    assert (outside & keep).any(), "the fixture needs rows whose argmax is off the vocabulary"
+    assert torch.equal(drop, keep & ~outside)
+
+
+def test_k_per_architecture():
+    base = dict(steps=1, batch_size=6, lr=1e-3, warmup_steps=0, grad_clip=1.0)
+    cfg = TrainConfig(**base, k={"default": 6, "block_diffusion": 15})
+    assert cfg.k_for("block_diffusion") == 15 and cfg.k_for("eagle3") == 6
+    assert TrainConfig(**base, k=4).k_for("medusa") == 4
+    with pytest.raises(ValueError, match="needs a 'default' entry"):
+        TrainConfig(**base, k={"medusa": 3})

@@ -77,6 +77,10 @@ class Draft(nn.Module):
     hparam_defaults: ClassVar[dict[str, Any]] = {}  # set by register_draft
     # number of steps the architecture can draft; None = any (recurrent drafts)
     max_k: int | None = None
+    # the vocabulary its reference implementation drafts over: "full" (the target's) or
+    # "truncated" (the most frequent target tokens, EAGLE-3's d2t map); configs may override
+    # it per architecture (``arch_vocab``), as a stated deviation
+    reference_vocab: ClassVar[str] = "full"
 
     def __init__(self, info: TargetInfo, **hparams: Any) -> None:
         super().__init__()

@@ -39,6 +39,7 @@ class Eagle3(RecurrentDraft):
     positions; see :class:`~specbench.drafts.recurrent.RecurrentDraft`)."""
 
     max_k = None  # recurrent: any number of steps
+    reference_vocab = "truncated"  # EAGLE-3 drafts over a frequent-token subset (d2t/t2d)
 
     def __init__(
         self,

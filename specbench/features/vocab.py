@@ -1,4 +1,8 @@
-"""The draft vocabulary: which target tokens a truncated-vocabulary draft can emit.
+"""The draft vocabulary: which target tokens a draft can emit.
+
+Two kinds (``VOCABS``): ``truncated``, the most frequent target tokens of the training
+responses (EAGLE-3's d2t map), and ``full``, every target token (the identity map; MEDUSA,
+the MLP speculator, MTP and DFlash draft over it in their references).
 
 ``draft_to_target[d]`` is the target id of draft id ``d``; its inverse maps every target id
 to a draft id, or ``-100`` off the draft vocabulary (the label ignored by cross-entropy).
@@ -9,6 +13,8 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+
+VOCABS = ("truncated", "full")
 
 
 def build_draft_vocab(
@@ -42,3 +48,8 @@ def vocab_payload(responses: list[list[int]], size: int, always: tuple[int, ...]
         "train_response_tokens": sum(map(len, responses)),
         "coverage": coverage,
     }
+
+
+def full_vocab_payload(vocab_size: int) -> dict:
+    """The identity map over all ``vocab_size`` target tokens (coverage 1 by construction)."""
+    return {"draft_to_target": list(range(vocab_size)), "size": vocab_size, "coverage": 1.0}

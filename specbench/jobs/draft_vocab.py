@@ -1,11 +1,18 @@
-"""Stage ``draft_vocab``: the truncated draft vocabulary from the training responses."""
+"""Stage ``draft_vocab``: a draft vocabulary of the target (``truncated`` or ``full``).
+
+``truncated``: the ``data.draft_vocab_size`` most frequent tokens of the training responses
+(plus EOS), with the share of response tokens it covers; ``full``: every token of the
+target's vocabulary (the identity map).
+"""
 
 from __future__ import annotations
 
 import json
 
+from transformers import AutoConfig
+
 from specbench.data.generate import read_jsonl
-from specbench.features.vocab import vocab_payload
+from specbench.features.vocab import full_vocab_payload, vocab_payload
 from specbench.io import atomic_write_text
 from specbench.jobs import Job
 from specbench.jobs.common import start
@@ -14,11 +21,14 @@ from specbench.targets.loading import load_tokenizer
 
 def run(job: Job) -> None:
     ctx = start(job)
-    responses = [r["response_ids"] for path in job.input["responses"] for r in read_jsonl(path)]
-    eos = load_tokenizer(job.params["model"]).eos_token_id
-    payload = vocab_payload(responses, ctx.cfg.data.draft_vocab_size, (eos,))
+    if job.wildcards["vocab"] == "full":
+        payload = full_vocab_payload(AutoConfig.from_pretrained(job.params["model"]).vocab_size)
+    else:
+        responses = [r["response_ids"] for p in job.input["responses"] for r in read_jsonl(p)]
+        eos = load_tokenizer(job.params["model"]).eos_token_id
+        payload = vocab_payload(responses, ctx.cfg.data.draft_vocab_size, (eos,))
     atomic_write_text(job.output["vocab"], json.dumps(payload))
     ctx.say(
-        f"draft vocab {payload['size']} tokens covers {payload['coverage']:.2%} "
-        "of training response tokens"
+        f"{job.wildcards['vocab']} draft vocab: {payload['size']} tokens, covering "
+        f"{payload['coverage']:.2%} of the training response tokens"
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from specbench.schema import Strict
 
@@ -10,7 +12,8 @@ from specbench.schema import Strict
 class TrainConfig(Strict):
     """AdamW with linear warm-up then cosine decay; K draft positions per anchor (``k``)."""
 
-    k: int = Field(gt=0)
+    # K draft positions per anchor: one number, or per architecture with a "default"
+    k: int | dict[str, int]
     steps: int = Field(gt=0)
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
@@ -21,6 +24,23 @@ class TrainConfig(Strict):
     # sequences per forward/backward; gradients of batch_size / micro_batch_size of them are
     # accumulated into one optimizer step (None: the whole batch at once)
     micro_batch_size: int | None = Field(None, gt=0)
+    # training positions whose target argmax is outside the draft vocabulary: "keep" them
+    # (their low α weighs on −log α) or "drop" them from the loss, as SpecForge does
+    out_of_vocab: Literal["keep", "drop"] = "keep"
+
+    @field_validator("k")
+    @classmethod
+    def _k_positive(cls, v: int | dict[str, int]) -> int | dict[str, int]:
+        values = v.values() if isinstance(v, dict) else [v]
+        if any(x < 1 for x in values):
+            raise ValueError(f"train.k must be >= 1, got {v}")
+        if isinstance(v, dict) and "default" not in v:
+            raise ValueError("train.k per architecture needs a 'default' entry")
+        return v
+
+    def k_for(self, arch: str) -> int:
+        """K for one architecture (before capping at what it can draft)."""
+        return self.k if isinstance(self.k, int) else self.k.get(arch, self.k["default"])
 
     @model_validator(mode="after")
     def _micro_divides_batch(self) -> TrainConfig:

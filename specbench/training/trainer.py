@@ -47,8 +47,12 @@ def accumulate_gradients(
     t2d: torch.Tensor,
     gen: torch.Generator,
     device: torch.device,
+    drop_out_of_vocab: bool = False,
 ) -> tuple[float, torch.Tensor]:
     """Backward one batch (the sequences ``idx``) in micro-batches; return (loss, α by step).
+
+    ``drop_out_of_vocab``: leave out of the loss the rows whose target argmax has no draft
+    id (``train.out_of_vocab: drop``, SpecForge's choice); by default they stay.
 
     Each micro-batch's loss is scaled by its share of the batch, so the accumulated gradient
     is the mean of the micro-batch gradients. As across data-parallel ranks, per-position
@@ -61,10 +65,11 @@ def accumulate_gradients(
         part = idx[start : start + size]
         batch = cache.batch(part, device)
         st = align(draft, batch, k, t2d, gen)
+        mask = st.mask & (t2d[st.target_argmax] >= 0) if drop_out_of_vocab else st.mask
         loss = loss_fn(
             draft_logits=st.logits,
             target_logits=st.target_logprobs,
-            mask=st.mask,
+            mask=mask,
             labels=st.labels,
         )
         share = len(part) / len(idx)
@@ -94,7 +99,7 @@ def train_draft(
     """
     device = torch.device(device) if device is not None else draft.device
     draft.to(device)
-    s, k = train, usable_k(draft, train.k)
+    s, k = train, usable_k(draft, train.k_for(draft.arch))
     gen = torch.Generator().manual_seed(seed)
     t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size).to(device)
     params = [p for p in draft.parameters() if p.requires_grad]
@@ -108,7 +113,16 @@ def train_draft(
         idx = torch.randint(len(cache), (s.batch_size,), generator=gen).tolist()
         opt.zero_grad(set_to_none=True)
         loss, alpha = accumulate_gradients(
-            draft, loss_fn, cache, idx, k, s.micro_batch_size, t2d, gen, device
+            draft,
+            loss_fn,
+            cache,
+            idx,
+            k,
+            s.micro_batch_size,
+            t2d,
+            gen,
+            device,
+            drop_out_of_vocab=s.out_of_vocab == "drop",
         )
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
         opt.step()

@@ -3,6 +3,7 @@ from snakemake.utils import min_version
 
 from specbench.config import ConfigError, load_config, loss_slug
 from specbench.data.splits import SPLITS, eval_split
+from specbench.features.vocab import VOCABS
 
 min_version("8.0")
 
@@ -32,6 +33,7 @@ wildcard_constraints:
     target="|".join(CFG.targets),
     domain="|".join(CFG.domains),
     split="|".join(SPLITS),
+    vocab="|".join(VOCABS),
     seed=r"\d+",
 
 

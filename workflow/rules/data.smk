@@ -34,15 +34,15 @@ rule responses:
 
 
 rule draft_vocab:
-    """Truncated draft vocabulary: the most frequent tokens of the training responses."""
+    """A draft vocabulary: truncated (most frequent training tokens) or full (identity)."""
     input:
         responses=expand(
             f"{R}/data/responses/{{{{target}}}}/train/{{domain}}.jsonl", domain=CFG.domains
         ),
     output:
-        vocab=f"{R}/data/vocab/{{target}}.json",
+        vocab=f"{R}/data/vocab/{{target}}/{{vocab}}.json",
     log:
-        f"{R}/logs/draft_vocab/{{target}}.log",
+        f"{R}/logs/draft_vocab/{{target}}/{{vocab}}.log",
     params:
         model=lambda wc: target_model(wc.target),
         config_digest=config_digest("data"),
@@ -58,12 +58,12 @@ rule features_train:
         responses=expand(
             f"{R}/data/responses/{{{{target}}}}/train/{{domain}}.jsonl", domain=CFG.domains
         ),
-        vocab=f"{R}/data/vocab/{{target}}.json",
+        vocab=f"{R}/data/vocab/{{target}}/{{vocab}}.json",
         target=target_source,
     output:
-        cache=f"{R}/features/{{target}}/train.safetensors",
+        cache=f"{R}/features/{{target}}/{{vocab}}/train.safetensors",
     log:
-        f"{R}/logs/features/{{target}}/train.log",
+        f"{R}/logs/features/{{target}}/{{vocab}}/train.log",
     params:
         model=lambda wc: target_model(wc.target),
         config_digest=config_digest("data", "targets"),
@@ -80,12 +80,12 @@ rule features_eval:
     """Run the target once over one evaluation split of one domain and cache it."""
     input:
         responses=[f"{R}/data/responses/{{target}}/{{split}}/{{domain}}.jsonl"],
-        vocab=f"{R}/data/vocab/{{target}}.json",
+        vocab=f"{R}/data/vocab/{{target}}/{{vocab}}.json",
         target=target_source,
     output:
-        cache=f"{R}/features/{{target}}/{{split}}/{{domain}}.safetensors",
+        cache=f"{R}/features/{{target}}/{{vocab}}/{{split}}/{{domain}}.safetensors",
     log:
-        f"{R}/logs/features/{{target}}/{{split}}/{{domain}}.log",
+        f"{R}/logs/features/{{target}}/{{vocab}}/{{split}}/{{domain}}.log",
     params:
         model=lambda wc: target_model(wc.target),
         config_digest=config_digest("data", "targets"),

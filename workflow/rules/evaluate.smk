@@ -2,8 +2,8 @@ rule evaluate_draft:
     """Expected τ and live/replayed τ of one draft on every domain × temperature."""
     input:
         draft=f"{R}/drafts/{{target}}/{{arch}}/{{loss}}/seed{{seed}}/model.safetensors",
-        caches=expand(
-            f"{R}/features/{{{{target}}}}/{{split}}/{{domain}}.safetensors",
+        caches=lambda wc: expand(
+            f"{R}/features/{wc.target}/{CFG.vocab_for(wc.arch)}/{{split}}/{{domain}}.safetensors",
             split=EVAL_SPLITS,
             domain=CFG.domains,
         ),
@@ -16,7 +16,7 @@ rule evaluate_draft:
     params:
         model=lambda wc: target_model(wc.target),
         loss=lambda wc: LOSS_BY_SLUG[wc.loss],
-        config_digest=config_digest("data", "eval", "temperatures", "domains"),
+        config_digest=config_digest("data", "eval", "temperatures", "domains", "arch_vocab"),
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
