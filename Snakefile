@@ -8,6 +8,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/paper.smk"
+include: "workflow/rules/curve.smk"
 
 
 rule all:

@@ -91,6 +91,34 @@ class EvalConfig(Strict):
         return self.k.get(arch, self.k["default"])
 
 
+class CurveConfig(Strict):
+    """The learning curve (``snakemake learning_curve``): τ against training steps and data.
+
+    One draft per point, each trained from scratch with its own cosine schedule: at every
+    ``steps`` on all the training data, and at ``train.steps`` on each fraction of it.
+    """
+
+    arch: str = "eagle3"
+    loss: str = "kl"
+    seed: int = 0
+    steps: list[int] = Field(min_length=1)
+    data_fractions: list[float] = Field(default_factory=lambda: [1.0])
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_positive(cls, v: list[int]) -> list[int]:
+        if any(s < 1 for s in v):
+            raise ValueError(f"learning_curve.steps must be >= 1, got {v}")
+        return sorted(set(v))
+
+    @field_validator("data_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError(f"learning_curve.data_fractions must be in (0, 1], got {v}")
+        return sorted(set(v))
+
+
 class Config(Strict):
     targets: dict[str, TargetConfig]
     draft_archs: list[str] = Field(min_length=1)
@@ -102,6 +130,7 @@ class Config(Strict):
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig
+    learning_curve: CurveConfig | None = None
     arch_hparams: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # per-architecture vocabulary overriding its reference's ("full" or "truncated" to
     # data.draft_vocab_size tokens): a stated deviation, e.g. for CPU time
@@ -170,6 +199,13 @@ class Config(Strict):
                     f"T=0 replay needs look-ahead: data.eval_new_tokens must be >= "
                     f"eval.live_new_tokens + max eval.k = {need}"
                 )
+        if self.learning_curve is not None:
+            if self.learning_curve.arch not in DRAFTS:
+                raise ValueError(
+                    f"learning_curve.arch: unknown {self.learning_curve.arch!r}; "
+                    f"valid: {sorted(DRAFTS)}"
+                )
+            canonical(self.learning_curve.loss)  # raises with the valid names
         for arch in self.arch_vocab:
             if arch not in DRAFTS:
                 raise ValueError(f"arch_vocab: unknown arch {arch!r}; valid: {sorted(DRAFTS)}")

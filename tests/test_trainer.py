@@ -144,3 +144,16 @@ def test_k_per_architecture():
     assert TrainConfig(**base, k=4).k_for("medusa") == 4
     with pytest.raises(ValueError, match="needs a 'default' entry"):
         TrainConfig(**base, k={"medusa": 3})
+
+
+def test_training_on_a_subset_counts_the_response_tokens_it_saw(setup):
+    """``sequences`` restricts the batches; ``tokens`` counts their response positions."""
+    cache, draft = setup
+    records = train_draft(
+        copy.deepcopy(draft), build_loss("kl"), cache, settings(steps=2), 0, log=QUIET,
+        sequences=[2],
+    )  # fmt: skip
+    per_seq = int(cache.sequence(2)["loss_mask"].sum())
+    assert per_seq > 0 and all(r["tokens"] == 4 * per_seq for r in records)  # batch of 4
+    with pytest.raises(ValueError, match="no training sequences"):
+        train_draft(copy.deepcopy(draft), build_loss("kl"), cache, settings(), 0, sequences=[])

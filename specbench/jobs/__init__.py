@@ -40,6 +40,9 @@ STAGES = {
     "aggregate": "aggregate",
     "plots": "plots",
     "paper_figures": "paper_figures",
+    "curve_train": "train_draft",
+    "curve_eval": "evaluate_draft",
+    "learning_curve": "learning_curve",
 }
 
 

@@ -1,4 +1,8 @@
-"""Stage ``train_draft``: one (architecture, loss, seed) trained on the cached features."""
+"""Stages ``train_draft`` and ``curve_train``: one draft trained on the cached features.
+
+A learning-curve point (``curve_train``) also has the wildcards ``steps`` (optimizer steps,
+replacing ``train.steps``) and ``data`` (the share of the training sequences).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from specbench.training.recipe import train_cell
 
 def run(job: Job) -> None:
     ctx = start(job)
-    arch = job.wildcards["arch"]
+    wc, train = job.wildcards, ctx.cfg.train
+    arch = wc["arch"]
+    if "steps" in wc:
+        train = train.model_copy(update={"steps": int(wc["steps"])})
     train_cell(
         job.input["cache"],
         job.params["model"],
@@ -19,8 +26,9 @@ def run(job: Job) -> None:
         ctx.cfg.arch_hparams.get(arch, {}),
         job.params["loss"],
         int(job.wildcards["seed"]),
-        ctx.cfg.train,
+        train,
         Path(job.output["model"]).parent,
         device=ctx.device,  # the job's GPU (resources: gpu=1), else the CPU
         log=ctx.say,
+        data_fraction=float(wc.get("data", 1.0)),
     )

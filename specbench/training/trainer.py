@@ -87,11 +87,14 @@ def train_draft(
     seed: int,
     log=print,
     device: torch.device | str | None = None,
+    sequences: list[int] | None = None,
 ) -> list[dict]:
     """Optimise ``draft`` for ``train.steps`` steps; returns per-step records (the train log).
 
     ``seed`` drives the batch and anchor sampling; ``K = train.k``, capped at what the
-    architecture can draft (:func:`usable_k`).
+    architecture can draft (:func:`usable_k`). ``sequences``: the cache rows batches are
+    drawn from (default all; a learning curve trains on subsets). Each record counts the
+    response tokens its batch covered (``tokens``), so a log says how much data was seen.
 
     ``device``: where the draft and its batches go (the cache stays in host memory and each
     batch is copied over); default the draft's own device. The batch sampling stream lives
@@ -104,13 +107,18 @@ def train_draft(
     t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size).to(device)
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+    pool = torch.tensor(list(range(len(cache))) if sequences is None else sequences)
+    if pool.numel() == 0:
+        raise ValueError("no training sequences to draw batches from")
+    response_tokens = cache.t["loss_mask"].long().cumsum(0)[torch.tensor(cache.offsets[1:]) - 1]
+    response_tokens = response_tokens.diff(prepend=torch.zeros(1, dtype=torch.long))
     records, t0 = [], time.perf_counter()
     draft.train()
     for step in range(s.steps):
         lr = cosine_lr(step, s.steps, s.warmup_steps, s.lr)
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(len(cache), (s.batch_size,), generator=gen).tolist()
+        idx = pool[torch.randint(len(pool), (s.batch_size,), generator=gen)].tolist()
         opt.zero_grad(set_to_none=True)
         loss, alpha = accumulate_gradients(
             draft,
@@ -131,6 +139,7 @@ def train_draft(
             "loss": loss,
             "lr": lr,
             "grad_norm": float(grad_norm),
+            "tokens": int(response_tokens[idx].sum()),
             "seconds": time.perf_counter() - t0,
             **{f"alpha_{k + 1}": float(a) for k, a in enumerate(alpha)},
         }

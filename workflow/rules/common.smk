@@ -74,3 +74,23 @@ def config_digest(*sections):
 
 def gpu_resources(wc):
     return CFG.targets[wc.target].gpus
+
+
+# the learning curve (workflow/rules/curve.smk)
+CURVE = CFG.learning_curve
+CURVE_BASE = "{R}/curve/{{target}}/{{arch}}/{{loss}}/seed{{seed}}/steps{{steps}}_data{{data}}"
+CURVE_DIR = CURVE_BASE.format(R=R)
+
+
+def curve_dirs():
+    """One folder per point: every ``steps`` at all the data, every fraction at train.steps."""
+    if CURVE is None:
+        raise WorkflowError("the config has no learning_curve section (see configs/default.yaml)")
+    target = next(iter(CFG.targets))
+    points = {(s, 1.0) for s in CURVE.steps} | {(CFG.train.steps, f) for f in CURVE.data_fractions}
+    base = f"{R}/curve/{target}/{CURVE.arch}/{loss_slug(CURVE.loss)}/seed{CURVE.seed}"
+    return [f"{base}/steps{s}_data{f:g}" for s, f in sorted(points)]
+
+
+def curve_loss(wc):
+    return CURVE.loss if wc.loss == loss_slug(CURVE.loss) else LOSS_BY_SLUG[wc.loss]
