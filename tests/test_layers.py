@@ -18,7 +18,7 @@ LAYERS = [
     {"targets"},  # loading and running target models
     {"data"},  # prompts, domains, splits, response generation
     {"drafts"},  # draft architectures and their alignment with target quantities
-    {"training", "decoding"},  # the trainer; speculative decoding and the τ estimators
+    {"training", "decoding", "formats"},  # trainer; decoding, τ estimators; checkpoint formats
     {"aggregation"},  # tables, statistics, plots, paper figures
     {"config"},  # the experiment matrix, which names everything below
     {"jobs"},  # the pipeline's stages

@@ -1,0 +1,57 @@
+"""The peers' own packages for the interop tests, installed without their dependencies.
+
+speculators 0.9.0 and SpecForge 0.2.0 pin other torch / transformers versions than ours, so
+they go into a separate target folder (``.venv/peers-site``, which ``make`` fills; the
+fixture fills it where it is missing) that is appended to ``sys.path``: our torch and
+transformers stay the ones imported. Two of speculators' dependencies come along (loguru,
+hs-connectors: small, pure Python). One is stubbed: ``openai``, which speculators imports at
+module level for its data-generation client only (it would pull httpx, anyio, jiter, ...);
+any ``openai.*`` import gets an empty module whose attributes are empty classes.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / ".venv" / "peers-site"
+WHEELS = ROOT / ".venv" / "peers"  # make downloads the two wheels here
+PACKAGES = ("speculators==0.9.0", "specforge==0.2.0", "loguru==0.7.3", "hs-connectors==0.9.0")
+MODULES = ("speculators", "specforge", "loguru", "hs_connectors")
+STUBBED = {"openai"}
+
+
+class _Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Empty modules for ``STUBBED`` packages (and their submodules)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in STUBBED:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = lambda attr: type(attr, (), {})
+        return module
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+def ensure_peers() -> Path:
+    """Install the peers into ``SITE`` if needed (pip, no dependencies) and make them importable."""
+    if not all((SITE / m / "__init__.py").exists() for m in MODULES):
+        links = ["--find-links", str(WHEELS)] if WHEELS.is_dir() else []
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(SITE)]
+        subprocess.run([*cmd, *links, *PACKAGES], check=True)
+    if str(SITE) not in sys.path:
+        sys.path.append(str(SITE))
+    if not any(isinstance(f, _Stub) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Stub())
+    return SITE
