@@ -10,6 +10,7 @@ pass or fail. Run alone with ``pytest -m slurm -s`` (-s shows the wall times).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -79,7 +80,14 @@ def test_profile_uses_the_plugins_resource_names():
     assert profile["executor"] == "slurm"
     for block in slurm_profile.resource_blocks(profile):
         assert set(block) <= slurm_profile.PLUGIN_RESOURCES, set(block)
-    gpu_rules = ("responses", "features", "train_draft", "evaluate_draft")
+    # every rule that asks for GPUs (``gpu=`` in its resources) gets a GPU partition
+    gpu_rules = [
+        block.split(":", 1)[0].strip()
+        for smk in sorted((ROOT / "workflow/rules").glob("*.smk"))
+        for block in re.split(r"(?m)^rule ", smk.read_text())[1:]
+        if "gpu=" in block
+    ]
+    assert {"responses", "features_train", "train_draft", "evaluate_draft"} <= set(gpu_rules)
     for rule in gpu_rules:
         res = profile["set-resources"][rule]
         assert {"slurm_partition", "mem_mb", "runtime", "cpus_per_gpu"} <= set(res), rule
