@@ -92,7 +92,7 @@ class DecodeResult:
 _MASK64, _GOLDEN = (1 << 64) - 1, 0x9E3779B97F4A7C15
 
 
-def _splitmix64(state: int, index: int) -> int:
+def splitmix64(state: int, index: int) -> int:
     """Output ``index`` of the SplitMix64 generator seeded with ``state`` (random access)."""
     z = (state + (index + 1) * _GOLDEN) & _MASK64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -106,7 +106,7 @@ def position_uniforms(base_seed: int, position: int) -> tuple[float, float]:
     Outputs ``2·position`` and ``2·position + 1`` of a SplitMix64 stream: counter-based, so
     any draft reads the same numbers at the same output position whatever it did before.
     """
-    a, b = _splitmix64(base_seed, 2 * position), _splitmix64(base_seed, 2 * position + 1)
+    a, b = splitmix64(base_seed, 2 * position), splitmix64(base_seed, 2 * position + 1)
     return (a >> 11) * 2.0**-53, (b >> 11) * 2.0**-53
 
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
-from specbench.decoding.speculative import _splitmix64, position_uniforms
+from specbench.decoding.speculative import position_uniforms, splitmix64
 
 if TYPE_CHECKING:
     from specbench.drafts.base import Draft, SampleFn
@@ -189,7 +189,7 @@ def response_anchors(seq: dict, seed: int, max_anchors: int | None = None) -> to
     s = torch.arange(max(m - 1, 0), mask.numel() - 1)
     s = s[mask[s + 1]]
     if max_anchors is not None and s.numel() > max_anchors:
-        state = _splitmix64(_splitmix64(seed & _MASK64, int(seq["prompt_index"])), _SUBSAMPLE)
+        state = splitmix64(splitmix64(seed & _MASK64, int(seq["prompt_index"])), _SUBSAMPLE)
         g = torch.Generator().manual_seed(state >> 1)
         s = s[torch.randperm(s.numel(), generator=g)[:max_anchors]].sort().values
     return s
@@ -218,7 +218,7 @@ def sequence_unbiased_tau(
     if anchors.numel() == 0:
         return anchors, taus[0], 0
     ddev, tdev = draft.device, runner.device
-    base = _splitmix64(seed & _MASK64, int(seq["prompt_index"]))
+    base = splitmix64(seed & _MASK64, int(seq["prompt_index"]))
     d2t = draft_to_target.long()
     feats, nxt = seq["features"].to(ddev).float(), ids.to(ddev)
     # step k of anchor s is valid iff x_{s+1+k} is a response token, i.e. loss_mask[s + k]
@@ -233,7 +233,7 @@ def sequence_unbiased_tau(
         for s in chunk.tolist():
             session.extend(feats[done : s + 1], nxt[done + 1 : s + 2])  # positions done..s
             done = s + 1
-            d, logits = session.propose(k, _crn_sampler(_splitmix64(base, s)))
+            d, logits = session.propose(k, _crn_sampler(splitmix64(base, s)))
             d_ids.append(d.to(tdev).long().view(k))
             z.append(logits.to(tdev).float().view(k, -1))
         d_ids, q = torch.stack(d_ids), torch.softmax(torch.stack(z), dim=-1)  # [B, K], [B,K,Vd]
