@@ -59,3 +59,11 @@ def log_to(path: str | Path) -> None:
     os.dup2(f.fileno(), 1)
     os.dup2(f.fileno(), 2)
     sys.stdout = sys.stderr = f
+
+
+def progress(done: int, total: int, seconds: float, unit: str = "") -> str:
+    """``"12/48 (25%) 3.1 prompts/s, ETA 12s"``: a progress line's rate and time left."""
+    rate = done / seconds if seconds > 0 else float("nan")
+    eta = (total - done) / rate if done and seconds > 0 else float("nan")
+    label = f" {unit}/s" if unit else "/s"
+    return f"{done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:.2f}{label}, ETA {eta:.0f}s"

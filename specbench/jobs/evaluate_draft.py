@@ -9,6 +9,7 @@ that decode different numbers of rounds still run their forwards in step.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from specbench.dist import Lockstep, gather_to_rank0
 from specbench.drafts import load_draft
 from specbench.drafts.align import usable_k
 from specbench.features.cache import FeatureCache
-from specbench.io import atomic_write_text
+from specbench.io import atomic_write_text, progress
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.targets.info import target_info_from_checkpoint
@@ -56,6 +57,7 @@ def run(job: Job) -> None:
     k = usable_k(draft, cfg.eval.k_for(wc["arch"]))
     shard = (ctx.rank, ctx.world)
     mine: dict[Cell, list[dict[int, PromptStats]]] = {}  # expected, live, unbiased
+    done, cells, t0 = 0, len(cfg.temperatures) * len(cfg.domains), time.time()
     for temperature in cfg.temperatures:
         split = eval_split(temperature)
         for domain in cfg.domains:
@@ -82,7 +84,11 @@ def run(job: Job) -> None:
                 else {}
             )
             mine[(temperature, domain)] = [exp, live, unbiased]
-            ctx.say(f"{domain} T={temperature}: rank 0: {len(exp)} expected, {len(live)} live")
+            done += 1
+            ctx.say(
+                f"{domain} T={temperature}: rank 0: {len(exp)} expected, {len(live)} live, "
+                f"{len(unbiased)} unbiased [{progress(done, cells, time.time() - t0, 'cells')}]"
+            )
     if lockstep:
         runner.model.drain()  # keep answering the other ranks' forwards until all are done
     parts = gather_to_rank0(mine, f"{job.output['metrics']}.parts")

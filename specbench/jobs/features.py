@@ -19,6 +19,7 @@ import torch
 from specbench.data.generate import read_jsonl
 from specbench.dist import gather_to_rank0, lockstep_batches
 from specbench.features.cache import Sequence, concat_caches, save_cache
+from specbench.io import progress
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.targets.featurize import compute_features
@@ -51,7 +52,7 @@ def run(job: Job) -> None:
         part = compute_features(runner, batch, d2t, batch_size=size)
         if real:  # a lockstep filler ran only to keep the ZeRO-3 ranks in step
             mine[bi] = part
-        ctx.say(f"  {n + 1}/{len(shares)} batches of rank 0 ({len(batches)} over all ranks)")
+        ctx.say(f"  rank 0: {progress(n + 1, len(shares), time.time() - t0, 'batches')}")
     parts = gather_to_rank0(mine, f"{out}.parts")
     if parts is None:
         return

@@ -15,6 +15,7 @@ from pathlib import Path
 from specbench.data.generate import chat_prompt_ids, generate_responses, split_at_eos, write_jsonl
 from specbench.data.splits import SPLITS, name_seed
 from specbench.dist import gather_to_rank0
+from specbench.io import progress
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.targets.loading import load_tokenizer
@@ -41,7 +42,9 @@ def run(job: Job) -> None:
         seed=name_seed(split.name, wc["domain"]),
         batch_size=cfg.data.generation_batch_size,
         through_eos=split.through_eos,  # T=0 replay verifies past EOS: keep the continuation
-        progress=lambda done, total: ctx.say(f"  rank 0 done with {done} of {total} prompts"),
+        progress=lambda done, total: ctx.say(
+            f"  rank 0: {progress(done, total, time.time() - t0, 'prompts')}"
+        ),
         shard=(ctx.rank, ctx.world),
         synced_gpus=ctx.zero3 and ctx.world > 1,
     )

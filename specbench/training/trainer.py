@@ -17,6 +17,7 @@ from specbench.drafts.align import StepTargets, align, usable_k
 from specbench.drafts.base import Draft
 from specbench.features.cache import FeatureCache
 from specbench.features.vocab import target_to_draft_map
+from specbench.io import progress
 from specbench.training.config import TrainConfig
 
 
@@ -148,7 +149,7 @@ def train_draft(
             log(
                 f"step {step:5d}/{s.steps} loss {rec['loss']:.4f} "
                 f"alpha_1 {rec['alpha_1']:.3f} alpha_K {rec[f'alpha_{k}']:.3f} "
-                f"({rec['seconds']:.0f}s)"
+                f"[{progress(step + 1, s.steps, rec['seconds'], 'steps')}]"
             )
     draft.eval()
     return records
