@@ -9,6 +9,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/paper.smk"
 include: "workflow/rules/curve.smk"
+include: "workflow/rules/formats.smk"
 
 
 rule all:

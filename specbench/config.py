@@ -119,6 +119,70 @@ class CurveConfig(Strict):
         return sorted(set(v))
 
 
+EXTERNAL_PREFIX = "external:"  # the loss label of an external draft: external:<name>
+
+
+class ExternalDraft(Strict):
+    """A draft trained elsewhere, evaluated as a matrix entry (``loss`` = ``external:<name>``).
+
+    ``format``: a format :func:`specbench.formats.load_external` reads; ``path``: its folder
+    or hub id; ``arch``: the architecture it holds (needed where a format holds several);
+    ``vocab``: what it is evaluated over: ``own`` (the checkpoint's draft vocabulary, with
+    feature caches of its own), or the run's ``truncated`` / ``full`` vocabulary, which must
+    then hold the same tokens as the checkpoint's (else the import refuses).
+    """
+
+    name: str
+    target: str
+    format: Literal["speculators", "sglang", "vllm"]  # = specbench.formats.IMPORT_ARCHS
+    path: str
+    arch: str | None = None
+    vocab: Literal["own", "truncated", "full"] = "own"
+    note: str = ""  # e.g. the model card its published τ comes from
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError(f"external draft name {v!r}: use letters, digits, '.', '_', '-'")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_arch(cls, v: Any) -> Any:
+        """A format that holds one architecture names it (speculators, sglang: eagle3)."""
+        from specbench.formats import IMPORT_ARCHS
+
+        if isinstance(v, dict) and v.get("arch") is None:
+            archs = IMPORT_ARCHS.get(v.get("format"), ())
+            if len(archs) == 1:
+                v = {**v, "arch": archs[0]}
+        return v
+
+    @model_validator(mode="after")
+    def _arch(self) -> ExternalDraft:
+        from specbench.formats import IMPORT_ARCHS
+
+        archs = IMPORT_ARCHS[self.format]
+        if self.arch not in archs:
+            raise ValueError(f"{self.name}: a {self.format} checkpoint holds one of {list(archs)}")
+        return self
+
+    @property
+    def loss(self) -> str:
+        return EXTERNAL_PREFIX + self.name
+
+    @property
+    def slug(self) -> str:
+        """Its folder in place of a loss: ``results/drafts/<target>/<arch>/external-<name>``."""
+        return f"external-{self.name}"
+
+    @property
+    def vocab_name(self) -> str:
+        """The vocabulary its caches use: the run's, or ``external-<name>`` (its own)."""
+        return self.slug if self.vocab == "own" else self.vocab
+
+
 class Config(Strict):
     targets: dict[str, TargetConfig]
     draft_archs: list[str] = Field(min_length=1)
@@ -136,6 +200,8 @@ class Config(Strict):
     # data.draft_vocab_size tokens): a stated deviation, e.g. for CPU time
     arch_vocab: dict[str, Literal["truncated", "full"]] = Field(default_factory=dict)
     threads: int = Field(1, gt=0)
+    # drafts trained elsewhere, evaluated beside the matrix's own (specbench.formats)
+    external_drafts: list[ExternalDraft] = Field(default_factory=list)
     note: str = ""
 
     @field_validator("targets")
@@ -216,6 +282,15 @@ class Config(Strict):
             for arch in t.draft_archs or []:
                 if arch not in DRAFTS:
                     raise ValueError(f"targets.{name}.draft_archs: unknown {arch!r}")
+        names = [e.name for e in self.external_drafts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"external_drafts: names must be unique, got {names}")
+        for e in self.external_drafts:
+            if e.target not in self.targets:
+                raise ValueError(
+                    f"external_drafts.{e.name}: unknown target {e.target!r}; "
+                    f"valid: {sorted(self.targets)}"
+                )
         return self
 
     def vocab_for(self, arch: str) -> str:

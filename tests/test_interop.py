@@ -230,7 +230,7 @@ def test_import_refuses_what_it_cannot_map(peers, target, tmp_path):
         load_external("sglang", ok, info)
     (ok / "config.json").write_text(json.dumps(cfg))
     other = target_info_from_model(model, torch.arange(VD))  # another draft vocabulary
-    with pytest.raises(FormatError, match="draft_vocab_from"):
+    with pytest.raises(FormatError, match="vocab: own"):
         load_external("sglang", ok, other)
     assert torch.equal(external_vocab("sglang", ok, V), info.draft_to_target)
 

@@ -24,6 +24,8 @@ MEASURES = {
     "tau_expected": ("tau_expected_sum", "anchors"),  # teacher-forced (SPEC §4)
     "tau_unbiased": ("tau_unbiased_sum", "unbiased_anchors"),  # branch-verified, T=1 only
 }
+# loss label of a draft trained elsewhere (specbench.config.ExternalDraft): external:<name>
+EXTERNAL_PREFIX = "external:"
 # the measure a table or plot leads with: unbiased at T=1, the exact replay at T=0
 HEADLINE = {1: "tau_unbiased", 0: "tau_live"}
 
@@ -63,6 +65,7 @@ def tau_table(pp: pd.DataFrame) -> pd.DataFrame:
     pp, rows = _with_measures(pp), []
     for key, g in pp.groupby(CELL, sort=True):
         row = dict(zip(CELL, key, strict=True))
+        row["origin"] = "external" if row["loss"].startswith(EXTERNAL_PREFIX) else "trained"
         for name, (num, den) in MEASURES.items():
             row[name], row[f"{name}_se"] = ratio_of_sums_se(g[num].fillna(0), g[den].fillna(0))
         k = int(g["k_eval"].iloc[0])

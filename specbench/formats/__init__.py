@@ -72,8 +72,8 @@ Differences refused on import (each raises :class:`FormatError` naming it)
   ``norm_output`` (recycles the normed state); SGLang's ``norm_output: false`` (no final norm);
   other target layers than our cache's; a trained ``embed_tokens``.
 - Vocabulary, every format: the run's draft vocabulary must hold the same target tokens as
-  the checkpoint's (rows are reordered exactly); otherwise the target needs
-  ``draft_vocab_from`` so that the run adopts the checkpoint's vocabulary.
+  the checkpoint's (rows are reordered exactly); otherwise it is evaluated over its own
+  vocabulary (``external_drafts: vocab: own``, the default, with caches of its own).
 - MLP speculator: the format has no vocabulary map, so both directions need a full-vocabulary
   draft; a truncated one is refused (a bias-free head row cannot give −∞).
 - MEDUSA: ``original_lm_head`` (one head shared by every step).

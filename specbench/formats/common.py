@@ -96,8 +96,7 @@ def reorder_rows(ckpt_d2t: torch.Tensor, info: TargetInfo, what: str) -> torch.T
         raise FormatError(
             f"{what}: its draft vocabulary ({theirs.numel()} tokens) is not the run's "
             f"({mine.numel()} tokens, {shared} in common); a draft cannot be evaluated exactly "
-            "over another vocabulary. Give the target `draft_vocab_from: <external draft name>` "
-            "so that the run adopts the checkpoint's vocabulary"
+            "over another vocabulary. Evaluate it over its own (external_drafts: vocab: own)"
         )
     position = torch.empty(info.vocab_size, dtype=torch.long)
     position[theirs] = torch.arange(theirs.numel())

@@ -3,6 +3,7 @@ from snakemake.utils import min_version
 
 from specbench.config import ConfigError, load_config, loss_slug
 from specbench.data.splits import SPLITS, eval_split
+from specbench.formats import FORMATS, supported
 from specbench.features.vocab import VOCABS
 
 min_version("8.0")
@@ -24,6 +25,9 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 R = "results"
 LOSS_BY_SLUG = {loss_slug(spec): spec for spec in CFG.losses}
+# drafts trained elsewhere (workflow/rules/formats.smk): loss external:<name>, folder external-<name>
+EXTERNAL = {e.name: e for e in CFG.external_drafts}
+LOSS_BY_SLUG.update({e.slug: e.loss for e in CFG.external_drafts})
 EVAL_SPLITS = [eval_split(t) for t in CFG.temperatures]
 SCRIPT = "../scripts/run_rule.py"  # every rule: run_rule(snakemake) -> specbench.jobs.<stage>
 ENV = "../envs/specbench.yaml"
@@ -33,7 +37,7 @@ wildcard_constraints:
     target="|".join(CFG.targets),
     domain="|".join(CFG.domains),
     split="|".join(SPLITS),
-    vocab="|".join(VOCABS),
+    vocab="|".join([*VOCABS, *(e.slug for e in CFG.external_drafts)]),
     seed=r"\d+",
 
 
@@ -48,14 +52,28 @@ def target_model(target):
 
 
 def matrix_dirs(stage):
-    """``{R}/{stage}/target/arch/loss/seedN`` for every trained draft of the matrix."""
+    """``{R}/{stage}/target/arch/loss/seedN`` for every trained draft of the matrix, then
+    ``{R}/{stage}/target/arch/external-<name>/seed0`` for every external draft."""
     return [
         f"{R}/{stage}/{t}/{arch}/{loss_slug(loss)}/seed{seed}"
         for t in CFG.targets
         for arch in CFG.archs_for(t)
         for loss in CFG.losses
         for seed in CFG.seeds
+    ] + [f"{R}/{stage}/{e.target}/{e.arch}/{e.slug}/seed0" for e in CFG.external_drafts]
+
+
+def export_dirs():
+    """``{R}/export/target/arch/loss/seedN/<format>`` for every draft and supported format."""
+    return [
+        f"{d}/{fmt}" for d in matrix_dirs("export") for fmt in supported(d.split("/")[3])
     ]
+
+
+def eval_vocab(wc):
+    """The vocabulary a draft is evaluated over: its architecture's, or an external draft's."""
+    ext = {e.slug: e for e in CFG.external_drafts}.get(wc.loss)
+    return ext.vocab_name if ext else CFG.vocab_for(wc.arch)
 
 
 def config_digest(*sections):

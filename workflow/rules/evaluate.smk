@@ -3,7 +3,7 @@ rule evaluate_draft:
     input:
         draft=f"{R}/drafts/{{target}}/{{arch}}/{{loss}}/seed{{seed}}/model.safetensors",
         caches=lambda wc: expand(
-            f"{R}/features/{wc.target}/{CFG.vocab_for(wc.arch)}/{{split}}/{{domain}}.safetensors",
+            f"{R}/features/{wc.target}/{eval_vocab(wc)}/{{split}}/{{domain}}.safetensors",
             split=EVAL_SPLITS,
             domain=CFG.domains,
         ),

