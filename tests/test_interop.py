@@ -291,3 +291,22 @@ def test_unsupported_pairs_name_the_valid_ones(target):
         export_draft(build_draft("block_diffusion", info), info, "unused", "speculators")
     with pytest.raises(FormatError, match="speculators 0.9.0 defines no MLP-speculator"):
         export_draft(build_draft("mlp_speculator", info), info, "unused", "speculators")
+
+
+def test_command_line_export_and_import(target, tmp_path):
+    """``python -m specbench.formats export`` / ``import`` (in-process), and their errors."""
+    from specbench.formats.__main__ import main
+
+    _, folder, info, inputs = target
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text(json.dumps({"draft_to_target": info.draft_to_target.tolist()}))
+    draft = perturbed(build_draft("eagle3", info))
+    draft.save(tmp_path / "draft")
+    cli = ["--target", folder, "--vocab", str(vocab)]
+    main(["export", str(tmp_path / "draft"), str(tmp_path / "out"), "--format", "sglang", *cli])
+    main(["import", "sglang", str(tmp_path / "out"), str(tmp_path / "back"), *cli])
+    back = load_external("sglang", tmp_path / "out", info).eval()
+    assert torch.equal(ours_logits(draft, inputs), ours_logits(back, inputs))
+    assert (tmp_path / "back" / "model.safetensors").exists()
+    with pytest.raises(SystemExit, match="valid: "):
+        main(["export", str(tmp_path / "draft"), str(tmp_path / "x"), "--format", "onnx", *cli])
