@@ -4,8 +4,9 @@
     import FORMAT PATH OUT_DIR --target MODEL [--vocab VOCAB_JSON]
 
 ``MODEL`` is the target (hub id in the local cache, or folder); ``VOCAB_JSON`` the run's
-draft vocabulary (default: ``results/data/vocab/<target>.json`` next to a DRAFT_DIR of the
-layout ``results/drafts/<target>/<arch>/<loss>/seedN``; without one, the full vocabulary).
+draft vocabulary (default, for a DRAFT_DIR ``results/drafts/<target>/<arch>/<loss>/seedN``:
+``results/data/vocab/<target>/<vocabulary>.json``, the architecture's reference vocabulary or
+an external draft's own; without one, the full vocabulary).
 """
 
 from __future__ import annotations
@@ -23,12 +24,19 @@ from specbench.targets.info import target_info_from_checkpoint
 
 
 def default_vocab(draft_dir: str) -> Path | None:
-    """``results/data/vocab/<target>.json`` for ``results/drafts/<target>/<arch>/<loss>/seedN``."""
+    """The run's vocabulary file for ``results/drafts/<target>/<arch>/<loss>/seedN``: an
+    external draft's own, else its architecture's reference vocabulary (a config's
+    ``arch_vocab`` override is not known here: pass ``--vocab``)."""
+    from specbench.drafts import DRAFTS
+
     parts = Path(draft_dir).resolve().parents
-    if len(parts) > 4 and parts[3].name == "drafts":
-        found = parts[4] / "data" / "vocab" / f"{parts[2].name}.json"
-        return found if found.exists() else None
-    return None
+    if len(parts) <= 4 or parts[3].name != "drafts" or parts[1].name not in DRAFTS:
+        return None
+    folder = parts[4] / "data" / "vocab" / parts[2].name
+    names = [parts[0].name] if parts[0].name.startswith("external-") else []
+    names.append(DRAFTS[parts[1].name].reference_vocab)
+    found = [folder / f"{n}.json" for n in names if (folder / f"{n}.json").exists()]
+    return found[0] if found else None
 
 
 def vocab_ids(path: str | Path | None) -> torch.Tensor | None:
