@@ -157,3 +157,18 @@ def test_training_on_a_subset_counts_the_response_tokens_it_saw(setup):
     assert per_seq > 0 and all(r["tokens"] == 4 * per_seq for r in records)  # batch of 4
     with pytest.raises(ValueError, match="no training sequences"):
         train_draft(copy.deepcopy(draft), build_loss("kl"), cache, settings(), 0, sequences=[])
+
+
+def test_bf16_autocast_trains_close_to_fp32(setup):
+    """``train.autocast: bfloat16``: the same run, the loss within bf16 rounding of fp32."""
+    cache, draft = setup
+    runs = {}
+    for mode in ("none", "bfloat16"):
+        runs[mode] = train_draft(
+            copy.deepcopy(draft), build_loss("kl"), cache, settings(steps=5, autocast=mode), 0,
+            log=QUIET,
+        )  # fmt: skip
+    fp32, bf16 = (torch.tensor([r["loss"] for r in runs[m]]) for m in ("none", "bfloat16"))
+    assert not torch.equal(fp32, bf16)  # autocast did change the arithmetic
+    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.02)
+    assert bf16[-1] < bf16[0]

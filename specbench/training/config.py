@@ -27,6 +27,10 @@ class TrainConfig(Strict):
     # training positions whose target argmax is outside the draft vocabulary: "keep" them
     # (their low α weighs on −log α) or "drop" them from the loss, as SpecForge does
     out_of_vocab: Literal["keep", "drop"] = "keep"
+    # the draft's forward under torch.autocast (the losses compute in fp32 either way);
+    # bf16 trains an EAGLE-3 step in 0.61x the fp32 time on an AVX512-BF16 CPU
+    # (benchmarks/train_step_bench.py)
+    autocast: Literal["none", "bfloat16"] = "none"
 
     @field_validator("k")
     @classmethod

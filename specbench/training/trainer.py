@@ -49,11 +49,13 @@ def accumulate_gradients(
     gen: torch.Generator,
     device: torch.device,
     drop_out_of_vocab: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> tuple[float, torch.Tensor]:
     """Backward one batch (the sequences ``idx``) in micro-batches; return (loss, α by step).
 
     ``drop_out_of_vocab``: leave out of the loss the rows whose target argmax has no draft
     id (``train.out_of_vocab: drop``, SpecForge's choice); by default they stay.
+    ``autocast``: run the draft's forward under ``torch.autocast`` in that dtype.
 
     Each micro-batch's loss is scaled by its share of the batch, so the accumulated gradient
     is the mean of the micro-batch gradients. As across data-parallel ranks, per-position
@@ -65,7 +67,8 @@ def accumulate_gradients(
     for start in range(0, len(idx), size):
         part = idx[start : start + size]
         batch = cache.batch(part, device)
-        st = align(draft, batch, k, t2d, gen)
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=bool(autocast)):
+            st = align(draft, batch, k, t2d, gen)
         mask = st.mask & (t2d[st.target_argmax] >= 0) if drop_out_of_vocab else st.mask
         loss = loss_fn(
             draft_logits=st.logits,
@@ -132,6 +135,7 @@ def train_draft(
             gen,
             device,
             drop_out_of_vocab=s.out_of_vocab == "drop",
+            autocast=None if s.autocast == "none" else getattr(torch, s.autocast),
         )
         grad_norm = torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
         opt.step()
