@@ -31,6 +31,7 @@ from specbench.drafts.layers import (
     DecoderLayer,
     KVCache,
     RMSNorm,
+    draft_rope,
     register_vocab,
     rope_cos_sin,
     target_head_rows,
@@ -69,6 +70,7 @@ class BlockDiffusion(Draft):
         self.block_size, self.train_anchors = int(block_size), train_anchors
         self.max_k = self.block_size - 1
         self.head_dim = info.head_dim
+        self.rope = draft_rope(info, self.head_dim)
         self.fc = nn.Linear(4 * d, d, bias=False)
         self.hidden_norm = RMSNorm(d, eps=eps)
         self.layers = nn.ModuleList(DecoderLayer(info, inter, qk_norm) for _ in range(num_layers))
@@ -86,7 +88,7 @@ class BlockDiffusion(Draft):
     def context_kv(self, features: torch.Tensor, positions: torch.Tensor):
         """Per-layer context keys/values ``[B, Hkv, T, hd]`` of target features ``[B, T, 4, d]``."""
         ctx = self.hidden_norm(self.fc(features.to(self.dtype).flatten(-2)))
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.info.rope_theta, ctx.dtype)
+        cos, sin = rope_cos_sin(positions, self.rope, ctx.dtype)
         return [layer.self_attn.project_kv(ctx, cos, sin) for layer in self.layers]
 
     def block_inputs(self, first: torch.Tensor) -> torch.Tensor:
@@ -97,7 +99,7 @@ class BlockDiffusion(Draft):
 
     def run_block(self, x, positions, context, mask) -> torch.Tensor:
         """Layers over block tokens ``x [B, T, d]``; returns draft-vocab logits ``[B, T, V]``."""
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.info.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, self.rope, x.dtype)
         for layer, prefix in zip(self.layers, context, strict=True):
             x = layer(x, cos, sin, mask, prefix=prefix)
         return F.linear(self.norm(x), self.head_weight.to(x.dtype))

@@ -9,7 +9,8 @@ The token embedding is the target's (frozen, not saved); ``lm_head`` is trainabl
 from the target head's rows of the draft vocabulary. Recurrence and training-time test: see
 :mod:`specbench.drafts.recurrent`. As in SpecForge's Llama EAGLE-3 draft, the layer has the
 target's hidden size, head counts, head width (the config's ``head_dim``) and RMSNorm eps;
-RoPE is the plain θ-RoPE of the target (no long-context RoPE scaling).
+its RoPE is the target's, scaling included (llama3, yarn: SpecForge copies ``rope_scaling``
+into the draft config, and vLLM / SGLang serve the draft with it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from specbench.drafts.layers import (
     KVCache,
     RMSNorm,
     SwiGLU,
+    draft_rope,
     register_vocab,
     rope_cos_sin,
     target_head_rows,
@@ -51,6 +53,7 @@ class Eagle3(RecurrentDraft):
         super().__init__(info, train_anchors, intermediate_size=intermediate_size)
         d, eps = info.hidden_size, info.rms_norm_eps
         self.head_dim = info.head_dim
+        self.rope = draft_rope(info, self.head_dim)
         self.fc = nn.Linear(3 * d, d, bias=False)
         self.input_layernorm = RMSNorm(d, eps=eps)  # on the token embedding
         self.hidden_norm = RMSNorm(d, eps=eps)  # on the fused / previous hidden state
@@ -69,7 +72,7 @@ class Eagle3(RecurrentDraft):
         return self.fc(features[..., LOW : HIGH + 1, :].flatten(-2))  # (low, mid, high)
 
     def step(self, emb, hidden, positions, mask, cache: KVCache) -> torch.Tensor:
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.info.rope_theta, hidden.dtype)
+        cos, sin = rope_cos_sin(positions, self.rope, hidden.dtype)
         x = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)
         hidden = hidden + self.self_attn(x, cos, sin, mask, cache)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))

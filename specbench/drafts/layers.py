@@ -7,6 +7,10 @@ decoding (one sequence, a KV cache) run the very same computation.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,16 +20,106 @@ from specbench.targets.info import TargetInfo
 RMSNorm = nn.RMSNorm  # x / sqrt(mean(x²) + eps) · weight, as Llama / DeepSeek / Qwen
 
 
+# RoPE variants whose inverse frequencies depend on nothing but the target's parameters and
+# the head width (``dynamic`` / ``longrope`` also depend on the sequence length)
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def default_inv_freq(head_dim: int, theta: float, device: torch.device | None) -> torch.Tensor:
+    """Plain θ-RoPE inverse frequencies ``ω_j = θ^(−2j/hd)``, ``j = 0 … hd/2 − 1`` (float32)."""
+    exponent = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+    return 1.0 / theta**exponent
+
+
+def scaled_inv_freq(
+    params: dict[str, Any], head_dim: int, max_positions: int | None, device: torch.device | None
+) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies and attention factor of a scaled RoPE, from transformers'
+    ``ROPE_INIT_FUNCTIONS[rope_type]`` given the target's parameters and our ``head_dim``.
+
+    - ``linear``: ``ω_j / s``;
+    - ``llama3``: ``ω_j`` for wavelengths ``2π/ω_j < L₀/β_high``, ``ω_j / s`` above
+      ``L₀/β_low``, between them ``(1 − μ)·ω_j/s + μ·ω_j`` with
+      ``μ = (L₀/λ_j − β_low)/(β_high − β_low)`` (``L₀`` = original context);
+    - ``yarn``: ``ω_j·(1 − r_j)/s + ω_j·r_j`` with ``r_j`` = 1 − the linear ramp between the
+      correction dimensions of β_fast and β_slow rotations over ``L₀``; attention factor
+      ``m = 0.1·ln s + 1`` (or ``m(s, mscale)/m(s, mscale_all_dim)``), which multiplies
+      cos and sin, so ``q·k`` scales by ``m²``.
+    """
+    from transformers import PretrainedConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = PretrainedConfig()
+    config.head_dim = head_dim  # the draft's; the functions read hidden/heads only without it
+    config.hidden_size, config.num_attention_heads = head_dim, 1
+    config.max_position_embeddings = max_positions
+    config.rope_parameters = copy.deepcopy(params)
+    inv_freq, factor = ROPE_INIT_FUNCTIONS[params["rope_type"]](config, device)
+    return inv_freq.float(), float(factor)
+
+
+@dataclass(eq=False)
+class Rope:
+    """The target's RoPE at a draft's head width: ``params`` are the target's rope
+    parameters (``rope_type``, ``rope_theta``, ``factor`` …), ``max_positions`` its context.
+
+    Tables are computed on first use on each device and kept (a plain attribute, so neither
+    saved nor cast by ``Module.to``); they are float32 whatever the draft's dtype.
+    """
+
+    params: dict[str, Any]
+    head_dim: int
+    max_positions: int | None = None
+    _tables: dict[torch.device, tuple[torch.Tensor, float]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        kind = self.params.get("rope_type", "default")
+        if kind not in ROPE_TYPES or set(self.params) & {"full_attention", "sliding_attention"}:
+            raise ValueError(
+                f"the target's RoPE {kind!r} is not supported by the attention drafts "
+                f"(supported: {', '.join(ROPE_TYPES)})"
+            )
+        partial = float(self.params.get("partial_rotary_factor", 1.0))
+        if partial != 1.0:
+            raise ValueError(f"partial_rotary_factor {partial}: the drafts rotate whole heads")
+
+    def inv_freq(self, device: torch.device) -> tuple[torch.Tensor, float]:
+        """``(ω [hd/2] float32 on device, attention factor)``."""
+        if device not in self._tables:
+            if self.params.get("rope_type", "default") == "default":
+                theta = float(self.params["rope_theta"])
+                self._tables[device] = default_inv_freq(self.head_dim, theta, device), 1.0
+            else:
+                self._tables[device] = scaled_inv_freq(
+                    self.params, self.head_dim, self.max_positions, device
+                )
+        return self._tables[device]
+
+
+def draft_rope(info: TargetInfo, head_dim: int) -> Rope:
+    """The RoPE of the target described by ``info``, at the draft's ``head_dim``; a target
+    without rope parameters (hand-built ``info``) gets plain θ-RoPE with ``info.rope_theta``."""
+    params = dict(info.rope_parameters) or {"rope_type": "default"}
+    params.setdefault("rope_type", "default")
+    params.setdefault("rope_theta", info.rope_theta)
+    return Rope(params, head_dim, info.max_position_embeddings)
+
+
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    positions: torch.Tensor, rope: Rope, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Llama ("rotate half") RoPE tables ``[..., T, hd]`` at integer ``positions [..., T]``
-    (``[T]`` for a shared layout, ``[B, T]`` for per-row positions)."""
-    exponent = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    inv_freq = 1.0 / theta**exponent  # θ^(-2j/hd)
+    (``[T]`` for a shared layout, ``[B, T]`` for per-row positions):
+    ``cos = m·cos(t·[ω; ω])``, ``sin = m·sin(t·[ω; ω])`` with ``m`` the attention factor."""
+    inv_freq, factor = rope.inv_freq(positions.device)
     angles = positions.float()[..., None] * inv_freq  # [..., T, hd/2]
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    cos, sin = angles.cos(), angles.sin()
+    if factor != 1.0:
+        cos, sin = cos * factor, sin * factor
+    return cos.to(dtype), sin.to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

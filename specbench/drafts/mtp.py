@@ -17,9 +17,9 @@ as draft vocabulary this is exactly DeepSeek's shared head). Embedding: the targ
 
 Block (hparam ``block``): ``"deepseek_v3"`` is transformers' ``DeepseekV3DecoderLayer`` (MLA
 attention, MoE feed-forward) built from the target's config in ``info.extra["hf_config"]``;
-``"llama"`` is a dense Llama layer of the target's dimensions; ``"auto"`` picks deepseek_v3
-for DeepSeek-V3 targets. Released weights (``info.mtp_state_dict``) are imported by
-:func:`specbench.drafts.mtp_import.import_mtp_state_dict`.
+``"llama"`` is a dense Llama layer of the target's dimensions and RoPE (scaling included);
+``"auto"`` picks deepseek_v3 for DeepSeek-V3 targets. Released weights
+(``info.mtp_state_dict``) are imported by :func:`specbench.drafts.mtp_import.import_mtp_state_dict`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from specbench.drafts.layers import (
     DecoderLayer,
     KVCache,
     RMSNorm,
+    Rope,
+    draft_rope,
     register_vocab,
     rope_cos_sin,
     target_head_rows,
@@ -113,11 +115,13 @@ class MTP(RecurrentDraft):
         self.enorm = RMSNorm(d, eps=eps)
         self.hnorm = RMSNorm(d, eps=eps)
         self.eh_proj = nn.Linear(2 * d, d, bias=False)
-        self.rotary: nn.Module | None = None
+        self.rotary: nn.Module | None = None  # deepseek_v3: transformers' (yarn) RoPE
+        self.rope: Rope | None = None  # llama: the target's RoPE, scaling included
         if block == "deepseek_v3":
             self.block, self.rotary = _deepseek_block(hf_config)
         else:
             self.block = DecoderLayer(info, intermediate_size)
+            self.rope = draft_rope(info, info.head_dim)
         self.shared_head_norm = RMSNorm(d, eps=eps)
         self.register_buffer("head_weight", target_head_rows(info), persistent=False)
         register_vocab(self, info)
@@ -143,8 +147,7 @@ class MTP(RecurrentDraft):
             return self.block(
                 x, attention_mask=mask, past_key_values=cache, position_embeddings=(cos, sin)
             )
-        hd = self.info.head_dim
-        cos, sin = rope_cos_sin(positions, hd, self.info.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(positions, self.rope, x.dtype)
         return self.block(x, cos, sin, mask, cache)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

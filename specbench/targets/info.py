@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,12 @@ class TargetInfo:
     # 2880 // 64 = 45; Qwen3-235B: 128, not 64; DeepSeek-V3: transformers sets it to the MLA
     # qk_rope_head_dim, 64, which SpecForge's draft config copies too), else hidden // heads
     head_dim: int | None = None
+    # the target's RoPE as transformers standardises it (``rope_type``, ``rope_theta`` and the
+    # scaling keys: ``factor``, ``original_max_position_embeddings``, llama3's
+    # ``low/high_freq_factor``, yarn's ``beta_fast/slow``, ``mscale``…); the attention drafts
+    # use it as it is. Empty = plain θ-RoPE with ``rope_theta``
+    rope_parameters: dict[str, Any] = field(default_factory=dict)
+    max_position_embeddings: int | None = None  # the target's context (yarn without factor)
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -98,11 +105,34 @@ def target_info_from_model(
     )
 
 
+def rope_parameters(cfg) -> dict[str, Any]:
+    """A copy of the config's RoPE parameters with ``rope_type`` and ``rope_theta`` filled in.
+
+    transformers 5 keeps them in ``rope_parameters`` (``rope_scaling`` of older configs is
+    folded into it when the config is read); a config object without it falls back on
+    ``rope_scaling`` + ``rope_theta``. Scaled types get ``original_max_position_embeddings``
+    (default: ``max_position_embeddings``), as transformers' standardisation does.
+    """
+    params = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    params = copy.deepcopy(dict(params))
+    if "type" in params:  # the oldest spelling of rope_type
+        params.setdefault("rope_type", params.pop("type"))
+    params.setdefault("rope_type", "default")
+    params.setdefault("rope_theta", float(getattr(cfg, "rope_theta", None) or 10000.0))
+    if params["rope_type"] in ("llama3", "yarn", "longrope"):
+        original = getattr(cfg, "original_max_position_embeddings", None)
+        original = original or getattr(cfg, "max_position_embeddings", None)
+        if original is not None:
+            params.setdefault("original_max_position_embeddings", int(original))
+    return params
+
+
 def _info(cfg, embed, head, draft_to_target, n_params: int, mtp) -> TargetInfo:
     """The one place a :class:`TargetInfo` is assembled from a transformers config."""
     if draft_to_target is None:
         draft_to_target = torch.arange(cfg.vocab_size)
-    rope = getattr(cfg, "rope_parameters", None) or {}
+    rope = rope_parameters(cfg)
+    max_positions = getattr(cfg, "max_position_embeddings", None)
     return TargetInfo(
         hidden_size=cfg.hidden_size,
         vocab_size=cfg.vocab_size,
@@ -111,7 +141,9 @@ def _info(cfg, embed, head, draft_to_target, n_params: int, mtp) -> TargetInfo:
         head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads,
         intermediate_size=_dense_ffn_width(cfg),
         rms_norm_eps=float(getattr(cfg, "rms_norm_eps", 1e-6)),
-        rope_theta=float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))),
+        rope_theta=float(rope["rope_theta"]),
+        rope_parameters=rope,
+        max_position_embeddings=None if max_positions is None else int(max_positions),
         embed_tokens=embed,
         lm_head=head,
         draft_to_target=draft_to_target.long(),
