@@ -26,7 +26,7 @@ from tiny import tiny_deepseek_v3_config, tiny_llama
 
 from specbench.drafts import build_draft
 from specbench.formats import FormatError, export_draft, external_vocab, load_external
-from specbench.targets.info import target_info_from_model
+from specbench.targets.info import TargetInfo, target_info_from_model
 
 pytestmark = pytest.mark.interop
 
@@ -42,17 +42,39 @@ def peers():
     torch._dynamo.config.disable = False
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory):
-    """A tiny 8-layer Llama saved to disk (the peers read the verifier's files), its info with
-    a sorted 40-token draft vocabulary, and fixed features / tokens."""
-    model = tiny_llama(vocab_size=V, hidden_size=D, layers=8)
-    folder = tmp_path_factory.mktemp("target")
+def saved_target(model, folder):
+    """``model`` saved to ``folder`` (the peers read the verifier's files), its info with a
+    sorted 40-token draft vocabulary, and fixed features / tokens."""
     model.save_pretrained(folder)
     d2t = torch.randperm(V, generator=torch.Generator().manual_seed(0))[:VD].sort().values
     g = torch.Generator().manual_seed(1)
     inputs = torch.randn(1, L, 4, D, generator=g), torch.randint(0, V, (1, L), generator=g)
     return model, str(folder), target_info_from_model(model, d2t), inputs
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    """A tiny 8-layer Llama (plain θ-RoPE), saved, with its info and inputs."""
+    model = tiny_llama(vocab_size=V, hidden_size=D, layers=8)
+    return saved_target(model, tmp_path_factory.mktemp("target"))
+
+
+LLAMA3_ROPE = {  # Llama-3.1's scaling, with an original context of 64 positions so that the
+    # tiny heads' wavelengths (2π/ω = 6.3, 63, 628, 6283) fall in all three llama3 regimes
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def scaled_target(tmp_path_factory):
+    """The same tiny Llama with Llama-3.1's ``llama3`` RoPE scaling (θ = 5e5)."""
+    model = tiny_llama(vocab_size=V, hidden_size=D, layers=8)
+    model.config.rope_parameters = {**LLAMA3_ROPE, "rope_theta": 500000.0}
+    return saved_target(model, tmp_path_factory.mktemp("scaled"))
 
 
 def perturbed(draft, seed: int = 1):
@@ -194,6 +216,15 @@ def test_speculators_checkpoint_imports(peers, target, tmp_path):
 
 def test_specforge_checkpoint_imports(peers, target, tmp_path):
     model, _, info, inputs = target
+    peer = specforge_checkpoint(model, info, tmp_path / "ckpt")
+    draft = load_external("sglang", tmp_path / "ckpt", info).eval()
+    assert report("SpecForge checkpoint → load_external", ours_logits(draft, inputs),
+                  specforge_logits(peer, inputs)) <= TOL  # fmt: skip
+
+
+def specforge_checkpoint(model, info, out):
+    """A random EAGLE-3 built and saved by SpecForge's ``LlamaForCausalLMEagle3`` from the
+    target's config (as its trainer does: RoPE scaling included)."""
     from specforge.modeling.draft.llama3_eagle import LlamaForCausalLMEagle3
 
     cfg = model.config.__class__.from_dict(model.config.to_dict())
@@ -209,10 +240,79 @@ def test_specforge_checkpoint_imports(peers, target, tmp_path):
         for name, p in peer.named_parameters():
             if name != "embed_tokens.weight":
                 p.add_(torch.randn_like(p) * 0.05)
-    peer.save_pretrained(tmp_path / "ckpt")
-    draft = load_external("sglang", tmp_path / "ckpt", info).eval()
-    assert report("SpecForge checkpoint → load_external", ours_logits(draft, inputs),
-                  specforge_logits(peer.eval(), inputs)) <= TOL  # fmt: skip
+    peer.save_pretrained(out)
+    return peer.eval()
+
+
+def plain_rope_logits(draft, info, inputs) -> torch.Tensor:
+    """The same weights rotated with plain θ-RoPE (what specbench did before scaling)."""
+    plain = TargetInfo(**{**info.__dict__, "rope_parameters": {}})
+    twin = build_draft("eagle3", plain, **draft.hparams)
+    twin.load_state_dict(draft.state_dict())
+    return ours_logits(twin.eval(), inputs)
+
+
+def test_llama3_scaled_eagle3_round_trips(peers, scaled_target, tmp_path):
+    """Llama-3.1-style RoPE scaling: checkpoints made by speculators and SpecForge import
+    (their logits, their own classes), and ours export with the scaling both peers read."""
+    model, folder, info, inputs = scaled_target
+    assert info.rope_parameters["rope_type"] == "llama3"
+    peer = speculators_checkpoint(model, folder, info, tmp_path / "spec")
+    saved = json.loads((tmp_path / "spec" / "config.json").read_text())
+    assert saved["transformer_layer_config"]["rope_parameters"]["rope_type"] == "llama3"
+    draft = load_external("speculators", tmp_path / "spec", info).eval()
+    ours = ours_logits(draft, inputs)
+    assert report("llama3: speculators checkpoint → load_external", ours,
+                  speculators_logits(peer, inputs)) <= TOL  # fmt: skip
+    # the scaling is seen: plain θ-RoPE on the same weights is far off
+    assert report("llama3 vs plain θ-RoPE, same weights", ours,
+                  plain_rope_logits(draft, info, inputs)) > 100 * TOL  # fmt: skip
+
+    peer = specforge_checkpoint(model, info, tmp_path / "sgl")
+    assert peer.midlayer.self_attn.rope_scaling["rope_type"] == "llama3"
+    draft = load_external("sglang", tmp_path / "sgl", info).eval()
+    assert report("llama3: SpecForge checkpoint → load_external", ours_logits(draft, inputs),
+                  specforge_logits(peer, inputs)) <= TOL  # fmt: skip
+
+    draft = perturbed(build_draft("eagle3", info))
+    out = export_draft(draft, info, tmp_path / "out-spec", "speculators", folder, K)
+    layer = json.loads((out / "config.json").read_text())["transformer_layer_config"]
+    assert layer["rope_scaling"] == {**LLAMA3_ROPE} and layer["rope_theta"] == 500000.0
+    assert report("llama3: speculators Eagle3DraftModel loads ours", ours_logits(draft, inputs),
+                  speculators_logits(speculators_model(out), inputs)) <= TOL  # fmt: skip
+    out = export_draft(draft, info, tmp_path / "out-sgl", "sglang", folder, K)
+    assert report("llama3: SpecForge loads ours", ours_logits(draft, inputs),
+                  specforge_logits(specforge_model(out), inputs)) <= TOL  # fmt: skip
+
+
+def test_import_refuses_another_rope_scaling(peers, scaled_target, tmp_path):
+    """A scaled checkpoint whose scaling is not the target's is refused, naming the key; the
+    same scaling with defaults spelled out is not a difference."""
+    _, folder, info, _ = scaled_target
+    ok = export_draft(build_draft("eagle3", info), info, tmp_path / "ok", "sglang", folder, K)
+    cfg = json.loads((ok / "config.json").read_text())
+
+    def load_with(**rope):
+        params = {**cfg["rope_parameters"], **rope}
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+        config = {**cfg, "rope_parameters": params, "rope_scaling": scaling}
+        (ok / "config.json").write_text(json.dumps(config))
+        return load_external("sglang", ok, info)
+
+    with pytest.raises(FormatError, match=r"factor = 4.0 \(target: 8.0\)"):
+        load_with(factor=4.0)
+    with pytest.raises(FormatError, match="original_max_position_embeddings = 8192"):
+        load_with(original_max_position_embeddings=8192)
+    with pytest.raises(FormatError, match="'yarn' RoPE; the target's .* is 'llama3'"):
+        load_with(rope_type="yarn")
+    plain = export_draft(build_draft("eagle3", info), info, tmp_path / "p", "sglang", folder, K)
+    plain_cfg = json.loads((plain / "config.json").read_text())
+    plain_cfg.update(rope_scaling=None, rope_parameters={"rope_type": "default",
+                     "rope_theta": 500000.0})  # fmt: skip
+    (plain / "config.json").write_text(json.dumps(plain_cfg))
+    with pytest.raises(FormatError, match="'default' RoPE; the target's .* is 'llama3'"):
+        load_external("sglang", plain, info)
+    assert load_with(factor=8) is not None  # an int factor: the same tables
 
 
 def test_import_refuses_what_it_cannot_map(peers, target, tmp_path):

@@ -39,9 +39,12 @@ specbench ``eagle3`` → speculators (``<layer>`` = ``layers.0.``) / SGLang (``m
 - low/mid/high features = transformers' ``hidden_states[2, L/2, L−3]`` →
   ``eagle_aux_hidden_state_layer_ids`` (speculators) or
   ``eagle_config.eagle_aux_hidden_state_layer_ids`` (SGLang), the same numbers;
-- layer geometry (the target's width, heads, ``head_dim``, ε, θ; our ``intermediate_size``) →
+- layer geometry (the target's width, heads, ``head_dim``, ε; our ``intermediate_size``) →
   ``transformer_layer_config`` (speculators) or the top-level Llama config (SGLang), with
-  ``num_hidden_layers`` 1.
+  ``num_hidden_layers`` 1;
+- the target's RoPE (``TargetInfo.rope_parameters``: θ and any llama3 / yarn / linear
+  scaling, which our layer uses) → ``rope_parameters`` (transformers 5) and ``rope_theta`` +
+  ``rope_scaling`` (transformers 4 readers: vLLM, SGLang), as SpecForge copies the target's.
 
 =================================== ==========================================================
 specbench ``mlp_speculator``         vLLM / fms-extras
@@ -66,7 +69,8 @@ specbench ``medusa``                 vLLM
 
 Differences refused on import (each raises :class:`FormatError` naming it)
 ---------------------------------------------------------------------------
-- EAGLE-3: RoPE scaling (``llama3``, ``yarn``; our layer has plain θ-RoPE), another θ, ε,
+- EAGLE-3: another RoPE than the target's (type, θ, or scaling parameters that change the
+  inverse frequencies or yarn's attention factor; the refusal names the keys), another ε,
   width, head count or ``head_dim`` than the target's; more than one layer; a Qwen3 layer
   (q/k norms); biases; speculators' ``norm_before_residual``, ``norm_before_fc``, ``fc_norm``,
   ``norm_output`` (recycles the normed state); SGLang's ``norm_output: false`` (no final norm);

@@ -10,11 +10,13 @@ The table of every name and every difference is in :mod:`specbench.formats`.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from specbench.drafts import Draft, build_draft
+from specbench.drafts.layers import Rope, draft_rope
 from specbench.formats.common import (
     FormatError,
     hf_config,
@@ -25,7 +27,7 @@ from specbench.formats.common import (
     target_layers,
     write_checkpoint,
 )
-from specbench.targets.info import TargetInfo
+from specbench.targets.info import TargetInfo, rope_parameters
 from specbench.targets.runner import feature_layer_indices
 
 LAYER = {"speculators": "layers.0.", "sglang": "midlayer."}
@@ -52,9 +54,23 @@ def aux_layer_ids(info: TargetInfo) -> list[int] | None:
     return None if n is None else list(feature_layer_indices(n)[:3])
 
 
+def rope_fields(info: TargetInfo) -> dict[str, Any]:
+    """The target's RoPE as a draft config writes it, as SpecForge copies it into its EAGLE-3
+    config: ``rope_parameters`` (transformers 5) and ``rope_theta`` + ``rope_scaling``
+    (readers on transformers 4: vLLM, SGLang; ``None`` for plain θ-RoPE)."""
+    params = draft_rope(info, info.head_dim).params
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    return {
+        "rope_theta": params["rope_theta"],
+        "rope_scaling": None if params["rope_type"] == "default" else scaling,
+        "rope_parameters": dict(params),
+    }
+
+
 def layer_config(info: TargetInfo, intermediate: int) -> dict[str, Any]:
     """The draft layer as a Llama config (what both peers build their layer from)."""
     cfg = hf_config(info)
+    max_positions = getattr(cfg, "max_position_embeddings", None) or info.max_position_embeddings
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
@@ -67,9 +83,8 @@ def layer_config(info: TargetInfo, intermediate: int) -> dict[str, Any]:
         "head_dim": info.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": info.rms_norm_eps,
-        "rope_theta": info.rope_theta,  # readers on transformers 4 (vLLM, SGLang)
-        "rope_parameters": {"rope_type": "default", "rope_theta": info.rope_theta},
-        "max_position_embeddings": int(getattr(cfg, "max_position_embeddings", 4096) or 4096),
+        **rope_fields(info),
+        "max_position_embeddings": int(max_positions or 4096),
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": False,
@@ -135,11 +150,47 @@ def export_sglang(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: i
 # -- import -------------------------------------------------------------------------------
 
 
-def _rope(layer: dict[str, Any]) -> tuple[str, float | None]:
-    params = layer.get("rope_parameters") or layer.get("rope_scaling") or {}
-    kind = params.get("rope_type") or params.get("type") or "default"
-    theta = params.get("rope_theta", layer.get("rope_theta"))
-    return kind, None if theta is None else float(theta)
+def layer_rope(layer: dict[str, Any]) -> dict[str, Any]:
+    """A draft layer config's RoPE parameters as transformers reads them (``rope_parameters``,
+    else ``rope_scaling`` + ``rope_theta``; ``original_max_position_embeddings`` defaults to
+    the layer's ``max_position_embeddings``)."""
+    return rope_parameters(SimpleNamespace(**layer))
+
+
+def check_rope(layer: dict[str, Any], info: TargetInfo, where: str) -> None:
+    """The checkpoint's RoPE must be the target's, which our ``eagle3`` uses: same type and θ,
+    and the same inverse frequencies and attention factor (so keys spelled out at their
+    defaults, e.g. yarn's ``beta_fast: 32``, do not count as a difference)."""
+    ours = draft_rope(info, info.head_dim)
+    theirs = layer_rope(layer)
+    kind, target_kind = theirs["rope_type"], ours.params["rope_type"]
+    require(
+        kind == target_kind,
+        f"{where}: {kind!r} RoPE; the target's (which our eagle3 uses) is {target_kind!r}",
+    )
+    theta = float(theirs["rope_theta"])
+    require(
+        theta == float(ours.params["rope_theta"]),
+        f"{where}: rope_theta {theta} (ours: the target's {ours.params['rope_theta']})",
+    )
+    differ = sorted(
+        key for key in set(theirs) | set(ours.params) if theirs.get(key) != ours.params.get(key)
+    )
+    if not differ:
+        return
+    try:
+        rope = Rope(theirs, info.head_dim, layer.get("max_position_embeddings"))
+        same = _same_tables(rope, ours)
+    except (KeyError, TypeError, ValueError) as err:  # incomplete or unsupported parameters
+        raise FormatError(f"{where}: its {kind!r} RoPE cannot be computed ({err})") from None
+    shown = ", ".join(f"{k} = {theirs.get(k)!r} (target: {ours.params.get(k)!r})" for k in differ)
+    require(same, f"{where}: {kind!r} RoPE scaling differs from the target's: {shown}")
+
+
+def _same_tables(a: Rope, b: Rope) -> bool:
+    cpu = torch.device("cpu")
+    (fa, ma), (fb, mb) = a.inv_freq(cpu), b.inv_freq(cpu)
+    return ma == mb and torch.equal(fa, fb)
 
 
 def check_layer(layer: dict[str, Any], info: TargetInfo, where: str) -> None:
@@ -160,16 +211,7 @@ def check_layer(layer: dict[str, Any], info: TargetInfo, where: str) -> None:
     require(head_dim == info.head_dim, f"{where}: head_dim {head_dim} (ours: {info.head_dim})")
     eps = float(layer.get("rms_norm_eps", info.rms_norm_eps))
     require(eps == info.rms_norm_eps, f"{where}: rms_norm_eps {eps} (ours: {info.rms_norm_eps})")
-    rope, theta = _rope(layer)
-    require(
-        rope == "default",
-        f"{where}: {rope!r} RoPE scaling; our eagle3 uses the plain θ-RoPE (issue: specbench's "
-        "EAGLE-3 has no RoPE scaling)",
-    )
-    require(
-        theta is None or theta == info.rope_theta,
-        f"{where}: rope_theta {theta} (ours: the target's {info.rope_theta})",
-    )
+    check_rope(layer, info, where)
     for key in ("attention_bias", "mlp_bias"):
         require(not layer.get(key, False), f"{where}: {key} (ours has no biases)")
     act = layer.get("hidden_act", "silu")
