@@ -182,3 +182,22 @@ def test_external_draft_through_the_stages(target, checkpoint, tmp_path):
     assert tau["tau_expected"].between(1, K + 1).all()
     t1 = tau[tau["temperature"] == 1]
     assert t1["tau_unbiased"].between(1, K + 1).all() and not pd.isna(t1["tau_live"]).any()
+
+    # the paper_figures stage puts it in released_drafts.csv (no model card: a local folder)
+    tables, figures = tmp_path / "tables", tmp_path / "figures"
+    tables.mkdir()
+    tau.to_csv(tables / "tau.csv", index=False)
+    pd.DataFrame(columns=["target", "draft_arch", "domain", "temperature", "loss"]).to_csv(
+        tables / "gains.csv", index=False
+    )
+    launch(Job("paper_figures", wildcards={},
+               input={"tau": str(tables / "tau.csv"), "gains": str(tables / "gains.csv")},
+               output={"dir": str(figures)}, config=cfg,
+               params={"reference": str(ROOT / "paper_figures/reference")}))  # fmt: skip
+    released = pd.read_csv(figures / "released_drafts.csv")
+    ours = released[released["draft"] == "peer"].set_index("temperature")
+    assert list(ours.index) == [0, 1] and ours["card_tau"].isna().all()
+    assert ours.loc[1, "tau_unbiased"] == t1["tau_unbiased"].mean()
+    assert ours.loc[0, "hub_id"] == str(ckpt)
+    assert released["card_tau"].notna().sum() == 4  # the two model cards, T = 0 and 1
+    assert (figures / "released_drafts.png").read_bytes()[:4] == b"\x89PNG"

@@ -88,3 +88,82 @@ def test_a_one_loss_matrix_writes_tables_and_plots_and_says_there_is_nothing_to_
     both = write_paper_figures(out["tau.csv"], out["gains.csv"], ref, tmp_path / "figures")
     assert both["our_gain_pct"].isna().all()  # the papers' numbers alone
     assert (tmp_path / "figures/lk_gains_vs_paper.png").exists()
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "paper_figures/reference"
+MEDUSA, MLP = "nebius/MEDUSA-Llama-3.1-8B-Instruct", "nebius/MLP-Speculator-Llama-3.1-8B-Instruct"
+
+
+def _tau_rows(loss: str, arch: str, taus: dict[int, list[float]], se: float = 0.03):
+    """tau.csv rows of one draft: per temperature, one τ per domain (general, code, math);
+    ``tau_unbiased`` only at T=1, as the pipeline measures it."""
+    rows = []
+    for temp, values in taus.items():
+        for domain, t in zip(["general", "code", "math"], values, strict=False):
+            rows.append(dict(
+                target="llama31-8b", draft_arch=arch, loss=loss, domain=domain,
+                temperature=temp, seed=0, k_eval=6,
+                origin="external" if loss.startswith("external:") else "trained",
+                tau_live=t, tau_live_se=se, tau_expected=t + 0.1, tau_expected_se=se,
+                tau_unbiased=t - 0.05 if temp == 1 else float("nan"),
+                tau_unbiased_se=se if temp == 1 else float("nan"),
+            ))  # fmt: skip
+    return rows
+
+
+def _write(tmp_path, rows) -> tuple[Path, Path]:
+    tau, gains = tmp_path / "tau.csv", tmp_path / "gains.csv"
+    pd.DataFrame(rows).to_csv(tau, index=False)
+    pd.DataFrame(columns=["target", "draft_arch", "domain", "temperature", "loss"]).to_csv(
+        gains, index=False
+    )
+    return tau, gains
+
+
+def test_released_drafts_beside_their_model_cards(tmp_path):
+    """Our τ of each external draft (mean over domains, per temperature and measure) beside
+    its model-card τ; a trained draft is not in it, an external one without a card is."""
+    from specbench.aggregation.paper import write_paper_figures
+
+    rows = _tau_rows("external:lk-medusa", "medusa", {0: [2.0, 2.3, 2.2], 1: [1.8, 2.1, 1.9]})
+    rows += _tau_rows("external:lk-mlp", "mlp_speculator", {0: [2.5, 2.6, 2.7], 1: [2.2, 2.4]})
+    rows += _tau_rows("external:mine", "eagle3", {0: [3.0, 3.0, 3.0]})  # a local checkpoint
+    rows += _tau_rows("kl", "medusa", {0: [9.0, 9.0, 9.0]})  # trained: not a released draft
+    tau, gains = _write(tmp_path, rows)
+    hub = {"lk-medusa": MEDUSA, "lk-mlp": MLP, "mine": "/data/my-eagle3"}
+    write_paper_figures(tau, gains, REFERENCE, tmp_path / "fig", hub)
+    assert (tmp_path / "fig/released_drafts.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "fig/released_drafts.csv").set_index(["label", "temperature"])
+    assert len(table) == 5 and not any(label == "kl" for label, _ in table.index)
+    med0, med1 = table.loc[("lk-medusa", 0)], table.loc[("lk-medusa", 1)]
+    assert (med0["card_tau"], med0["card_kl_tau"], med1["card_tau"]) == (2.21, 2.19, 2.00)
+    assert abs(med0["tau_live"] - 6.5 / 3) < 1e-12  # mean of the three domains
+    assert abs(med0["tau_live_se"] - 0.03 * 3**0.5 / 3) < 1e-12  # sqrt(Σ se²) / n
+    assert abs(med1["tau_unbiased"] - (5.8 / 3 - 0.05)) < 1e-12
+    assert pd.isna(med0["tau_unbiased"]) and med0["n_domains"] == 3
+    mlp1 = table.loc[("lk-mlp", 1)]  # two domains measured: their mean, and it says so
+    assert mlp1["n_domains"] == 2 and abs(mlp1["tau_live"] - 2.3) < 1e-12
+    assert mlp1["card_tau"] == 2.33 and mlp1["card_loss"] == "lk_lambda"
+    mine = table.loc[("mine", 0)]
+    assert pd.isna(mine["card_tau"]) and mine["tau_live"] == 3.0
+
+
+def test_released_drafts_without_external_drafts_shows_the_cards_alone(tmp_path):
+    from specbench.aggregation.paper import write_paper_figures
+
+    tau, gains = _write(tmp_path, _tau_rows("kl", "medusa", {0: [2.0], 1: [1.5]}))
+    write_paper_figures(tau, gains, REFERENCE, tmp_path / "fig")
+    table = pd.read_csv(tmp_path / "fig/released_drafts.csv")
+    assert len(table) == 4  # 2 released drafts × 2 temperatures, from the model cards
+    assert table["card_tau"].notna().all() and table["tau_live"].isna().all()
+    assert (tmp_path / "fig/released_drafts.png").stat().st_size > 0
+    # no reference file and an empty tau.csv: still a figure and a (header-only) table
+    empty = tmp_path / "ref"
+    empty.mkdir()
+    for name in ("lk_losses_tau.csv", "block_diffusion_tau.csv"):
+        (empty / name).write_text((REFERENCE / name).read_text())
+    header = _tau_rows("kl", "medusa", {0: [2.0]})[0]
+    pd.DataFrame(columns=list(header)).to_csv(tau, index=False)
+    write_paper_figures(tau, gains, empty, tmp_path / "fig2")
+    assert pd.read_csv(tmp_path / "fig2/released_drafts.csv").empty
+    assert (tmp_path / "fig2/released_drafts.png").stat().st_size > 0

@@ -4,6 +4,10 @@ Published τ (``paper_figures/reference``, transcribed from the papers) is turne
 same Δτ%-vs-KL the matrix measures, so the *shape* can be compared: which loss wins, by how
 much, and how that depends on draft capacity and temperature. Our targets differ from the
 paper's (the embedded default is a 135M model), so levels are not expected to match.
+
+The released drafts (``released_drafts_tau.csv``, the LK authors' model cards) are compared
+in levels instead: the same checkpoints evaluated here as external drafts
+(``configs/released.yaml``), our τ beside the card's.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from specbench.aggregation.tables import headline  # noqa: E402
+from specbench.aggregation.tables import EXTERNAL_PREFIX, headline  # noqa: E402
 from specbench.io import atomic_dir, atomic_write_text  # noqa: E402
 
 # our loss specs that correspond to the paper's row labels
@@ -108,12 +112,147 @@ def figure_block_interventions(ref_block: pd.DataFrame, tau: pd.DataFrame, path:
     plt.close(fig)
 
 
+# the measures shown beside a model card's τ, per temperature (the headline first)
+RELEASED_MEASURES = {0: ("tau_live", "tau_expected"), 1: ("tau_unbiased", "tau_expected")}
+ALL_MEASURES = ("tau_unbiased", "tau_live", "tau_expected")
+
+
+def _mean_se(values: pd.Series, ses: pd.Series) -> tuple[float, float]:
+    """Mean of ``n`` independent estimates and its SE, ``sqrt(Σ se_i²) / n`` (NaN-skipping:
+    over the estimates measured; SE NaN when any of them has none)."""
+    keep = values.notna()
+    n = int(keep.sum())
+    if n == 0:
+        return float("nan"), float("nan")
+    return float(values[keep].mean()), float(np.sqrt((ses[keep] ** 2).sum(min_count=n)) / n)
+
+
+def external_tau(tau: pd.DataFrame, hub_ids: dict[str, str] | None = None) -> pd.DataFrame:
+    """Our τ of each external draft (``loss`` = ``external:<name>``), one row per
+    (draft, temperature): each measure averaged over seeds, then over domains (the model
+    cards average MT-Bench, HumanEval and GSM8K: our general, code, math), with the SE of
+    that mean. ``hub_ids`` maps a draft's name to its checkpoint (the config's ``path``),
+    the key to its model card."""
+    cols = ["draft", "hub_id", "draft_arch", "target", "temperature", "k_eval", "n_domains"]
+    cols += [c for m in ALL_MEASURES for c in (m, f"{m}_se")]
+    if tau.empty or "loss" not in tau:
+        return pd.DataFrame(columns=cols)
+    ext = tau[tau["loss"].astype(str).str.startswith(EXTERNAL_PREFIX)]
+    rows = []
+    for (target, arch, loss, temp), g in ext.groupby(
+        ["target", "draft_arch", "loss", "temperature"], sort=True
+    ):
+        name = loss.removeprefix(EXTERNAL_PREFIX)
+        row = dict(draft=name, hub_id=(hub_ids or {}).get(name), draft_arch=arch, target=target)
+        row.update(temperature=int(temp), k_eval=int(g["k_eval"].max()))
+        row["n_domains"] = int(g["domain"].nunique())
+        for m in ALL_MEASURES:
+            if m not in g:
+                row[m] = row[f"{m}_se"] = float("nan")
+                continue
+            se = g[f"{m}_se"] if f"{m}_se" in g else pd.Series(np.nan, index=g.index)
+            per_domain = [
+                _mean_se(d[m], se[d.index]) for _, d in g.groupby("domain", sort=True)
+            ]  # seeds first, then domains
+            row[m], row[f"{m}_se"] = _mean_se(
+                pd.Series([v for v, _ in per_domain]), pd.Series([e for _, e in per_domain])
+            )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def model_card_tau(ref: pd.DataFrame) -> pd.DataFrame:
+    """The released checkpoints' model-card τ per (hub id, temperature), with the KL
+    baseline the card lists beside it (``released = no``: not published as a checkpoint)."""
+    cols = ["hub_id", "card_target", "draft_arch", "temperature", "card_k", "card_loss"]
+    cols += ["card_tau", "card_kl_tau"]
+    if ref.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["hub_id", "temperature"]
+    released = ref[ref["released"].astype(str) == "yes"].rename(
+        columns={"target": "card_target", "k": "card_k", "loss": "card_loss", "tau": "card_tau"}
+    )
+    kl = ref[(ref["released"].astype(str) == "no") & (ref["loss"] == "kl")]
+    kl = kl[[*keys, "tau"]].rename(columns={"tau": "card_kl_tau"})
+    out = released.merge(kl, on=keys, how="left")
+    out["temperature"] = out["temperature"].astype(int)
+    return out[cols].reset_index(drop=True)
+
+
+def released_drafts_table(tau: pd.DataFrame, ref: pd.DataFrame, hub_ids=None) -> pd.DataFrame:
+    """Our τ of each external draft beside its model card's, one row per (draft,
+    temperature); the cards of drafts this run did not evaluate keep their row (ours NaN),
+    and so does an external draft without a card (card NaN)."""
+    ours, cards = external_tau(tau, hub_ids), model_card_tau(ref)
+    keys = ["hub_id", "temperature"]
+    cols = [*ours.columns, *(c for c in cards.columns if c not in ours.columns), "label"]
+    if ours.empty and cards.empty:
+        return pd.DataFrame(columns=cols)
+    for df in (ours, cards):  # empty frames have object columns: merge needs the same types
+        df["temperature"] = df["temperature"].astype(int)
+        df["hub_id"] = df["hub_id"].astype(object)
+    both = ours.merge(cards, on=keys, how="outer", suffixes=("", "_card"))
+    both["draft_arch"] = both["draft_arch"].fillna(both.pop("draft_arch_card"))
+    # label: the draft's name, or for a card this run did not evaluate, its repository name
+    both["label"] = [
+        d if isinstance(d, str) else str(h).split("/")[-1]
+        for d, h in zip(both["draft"], both["hub_id"], strict=True)
+    ]
+    return both[cols].sort_values(["temperature", "label"]).reset_index(drop=True)
+
+
+def figure_released_drafts(table: pd.DataFrame, path: str) -> None:
+    """Fig.: per temperature, each released draft's model-card τ (and the card's KL
+    baseline) beside our measured τ (T=0: replay, expected; T=1: unbiased, expected)."""
+    temps = sorted(int(t) for t in table["temperature"].dropna().unique()) or [0, 1]
+    fig, axes = plt.subplots(1, len(temps), figsize=(5.2 * len(temps), 4.2), squeeze=False)
+    measured = any(table[m].notna().any() for m in ALL_MEASURES if m in table)
+    for ax, temp in zip(axes[0], temps, strict=True):
+        g = table[table["temperature"] == temp]
+        series = [("model card (released)", "card_tau", None)]
+        series += [("model card: KL baseline (not released)", "card_kl_tau", "//")]
+        if measured:
+            ours = RELEASED_MEASURES.get(temp, ALL_MEASURES)
+            series += [(f"ours: {m}", m, None) for m in ours]
+        width, x = 0.8 / len(series), np.arange(len(g))
+        for i, (label, col, hatch) in enumerate(series):
+            values = pd.to_numeric(g[col], errors="coerce") if col in g else np.nan * x
+            err = pd.to_numeric(g[f"{col}_se"], errors="coerce") if f"{col}_se" in g else None
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, yerr=err,
+                   label=label, hatch=hatch, fill=hatch is None, capsize=2)  # fmt: skip
+        ax.set_xticks(x, list(g["label"]), rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"T={temp}", fontsize=9)
+        ax.set_ylabel("τ (bonus token included)")
+        if not len(g):
+            ax.text(0.5, 0.5, "no released draft", ha="center", transform=ax.transAxes)
+    axes[0][0].legend(fontsize=7)
+    if not measured:
+        fig.text(0.5, 0.01, "No external drafts in this run: the model cards' τ alone "
+                 "(configs/released.yaml evaluates them).", ha="center", fontsize=8)  # fmt: skip
+    fig.suptitle("Released drafts: model-card τ (K = 6, avg MT-Bench/HumanEval/GSM8K) vs ours")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_paper_figures(
-    tau_csv: str | Path, gains_csv: str | Path, reference: str | Path, out_dir: str | Path
+    tau_csv: str | Path,
+    gains_csv: str | Path,
+    reference: str | Path,
+    out_dir: str | Path,
+    external_hub_ids: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """``paper_figures/generated``: both figures and the side-by-side gains table (atomic)."""
+    """``paper_figures/generated``: the figures and their side-by-side tables (atomic).
+
+    ``external_hub_ids``: external draft name → its checkpoint (hub id), to find its row in
+    ``released_drafts_tau.csv``; returns the LK gains table.
+    """
     ref = Path(reference)
     tau, gains = pd.read_csv(tau_csv), pd.read_csv(gains_csv)
+    cards = ref / "released_drafts_tau.csv"
+    released = released_drafts_table(
+        tau, pd.read_csv(cards) if cards.exists() else pd.DataFrame(), external_hub_ids
+    )
     with atomic_dir(out_dir) as tmp:
         both = figure_lk_gains(
             pd.read_csv(ref / "lk_losses_tau.csv"), gains, str(tmp / "lk_gains_vs_paper.png")
@@ -121,5 +260,7 @@ def write_paper_figures(
         figure_block_interventions(
             pd.read_csv(ref / "block_diffusion_tau.csv"), tau, str(tmp / "block_interventions.png")
         )
+        figure_released_drafts(released, str(tmp / "released_drafts.png"))
         atomic_write_text(tmp / "lk_gains_vs_paper.csv", both.to_csv(index=False))
+        atomic_write_text(tmp / "released_drafts.csv", released.to_csv(index=False))
     return both
