@@ -26,6 +26,17 @@ MODULES = ("speculators", "specforge", "loguru", "hs_connectors")
 STUBBED = {"openai"}
 
 
+def _stub_attribute(attr: str) -> type:
+    """Any public name of a stubbed module is an empty class; dunders stay missing.
+
+    (A stub that answered ``__file__`` with a class broke tools that scan ``sys.modules``,
+    e.g. hypothesis, for the rest of the test session.)
+    """
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    return type(attr, (), {})
+
+
 class _Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Empty modules for ``STUBBED`` packages (and their submodules)."""
 
@@ -37,7 +48,7 @@ class _Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         module = types.ModuleType(spec.name)
         module.__path__ = []
-        module.__getattr__ = lambda attr: type(attr, (), {})
+        module.__getattr__ = _stub_attribute
         return module
 
     def exec_module(self, module) -> None:
