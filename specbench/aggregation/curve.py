@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -56,8 +57,9 @@ def plot_curve(table: pd.DataFrame, path: str | Path) -> None:
     """τ against tokens seen (all data, more steps) and against the data share."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     full = table[table["data_fraction"] == 1.0]
-    steps_at = table.groupby("data_fraction")["steps"].transform("max")
-    shares = table[(table["steps"] == steps_at) & (table["data_fraction"].nunique() > 1)]
+    # the data-share points all train for train.steps; at share 1 take that same budget
+    budgets = table.loc[table["data_fraction"] < 1, "steps"].unique()
+    shares = table[table["steps"].isin(budgets)]
     for (t, name), style in zip(
         [(t, n) for t in sorted(table["temperature"].unique()) for n in MEASURES],
         ["o-", "s--", "^:", "o-", "s--", "^:"],
@@ -70,6 +72,9 @@ def plot_curve(table: pd.DataFrame, path: str | Path) -> None:
         if len(s):
             b.plot(s["data_fraction"], s[name], style, label=f"T={t} {name}")
     a.set_xscale("log")
+    a.set_xticks(sorted(full["tokens_seen"].unique()))  # one tick per step budget
+    a.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e3:.0f}k"))
+    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     a.set_xlabel("response tokens seen in training (log; one point per step budget)")
     b.set_xlabel("share of the training data (at train.steps)")
     for ax in (a, b):
