@@ -66,3 +66,36 @@ def ensure_peers() -> Path:
     if not any(isinstance(f, _Stub) for f in sys.meta_path):
         sys.meta_path.insert(0, _Stub())
     return SITE
+
+
+def speculators_eagle3(layer, d2t, verifier: str, k: int, seed: int, out: Path, **flags):
+    """A random EAGLE-3 built and saved by speculators itself (its training entry point).
+
+    ``layer``: the target's transformers config with one layer; ``d2t`` [Vd] the draft
+    vocabulary (target ids, sorted). The norms and head are perturbed too, so every weight
+    is random. ``flags``: e.g. ``norm_before_residual=True``. Returns the peer model.
+    """
+    import torch
+    from speculators.models.eagle3 import Eagle3DraftModel
+
+    vd = d2t.numel()
+    t2d = torch.zeros(layer.vocab_size, dtype=torch.bool)
+    t2d[d2t] = True
+    torch.manual_seed(seed)
+    peer = Eagle3DraftModel.from_training_args(
+        layer,
+        t2d=t2d,
+        d2t=d2t - torch.arange(vd),
+        verifier_name_or_path=verifier,
+        target_layer_ids=[2, 4, 5],
+        draft_vocab_size=vd,
+        norm_before_residual=flags.get("norm_before_residual", False),
+        ttt_steps=k,
+        draft_attn_impl="sdpa",
+    )
+    with torch.no_grad():
+        for name, p in peer.named_parameters():
+            if "embed_tokens" not in name and "verifier" not in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    peer.save_pretrained(out)
+    return peer.eval()

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from peers_site import ensure_peers
+from peers_site import ensure_peers, speculators_eagle3
 from test_interop import speculators_logits
 from tiny import save_tiny_chat_target
 
@@ -47,34 +47,14 @@ def target(tmp_path_factory) -> Path:
 def checkpoint(target, tmp_path_factory) -> tuple[Path, object]:
     """A random EAGLE-3 with a 64-token vocabulary, made and saved by speculators itself."""
     ensure_peers()
-    from speculators.models.eagle3 import Eagle3DraftModel
     from transformers import AutoConfig
 
     layer = AutoConfig.from_pretrained(target)
     layer.num_hidden_layers = 1
     d2t = torch.randperm(layer.vocab_size, generator=torch.Generator().manual_seed(0))[:VD]
-    d2t = d2t.sort().values
-    t2d = torch.zeros(layer.vocab_size, dtype=torch.bool)
-    t2d[d2t] = True
-    torch.manual_seed(4)
-    peer = Eagle3DraftModel.from_training_args(
-        layer,
-        t2d=t2d,
-        d2t=d2t - torch.arange(VD),
-        verifier_name_or_path=str(target),
-        target_layer_ids=[2, 4, 5],
-        draft_vocab_size=VD,
-        norm_before_residual=False,
-        ttt_steps=K,
-        draft_attn_impl="sdpa",
-    )
-    with torch.no_grad():
-        for name, p in peer.named_parameters():
-            if "embed_tokens" not in name and "verifier" not in name:
-                p.add_(torch.randn_like(p) * 0.05)
     out = tmp_path_factory.mktemp("ext_ckpt") / "peer-eagle3"
-    peer.save_pretrained(out)
-    return out, peer.eval()
+    peer = speculators_eagle3(layer, d2t.sort().values, str(target), K, 4, out)
+    return out, peer
 
 
 def config(target: Path, ckpt: Path) -> dict:

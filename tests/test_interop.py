@@ -20,7 +20,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from peers_site import ensure_peers
+from peers_site import ensure_peers, speculators_eagle3
 from safetensors.torch import load_file
 from tiny import tiny_deepseek_v3_config, tiny_llama
 
@@ -177,32 +177,10 @@ def test_specforge_loads_our_eagle3(peers, target, tmp_path):
 
 
 def speculators_checkpoint(model, folder, info, out, **flags):
-    """A random EAGLE-3 built and saved by speculators itself (its training entry point)."""
-    from speculators.models.eagle3 import Eagle3DraftModel
-
+    """A random EAGLE-3 over ``info``'s draft vocabulary, made by speculators (seed 2)."""
     layer = model.config.__class__.from_dict(model.config.to_dict())
     layer.num_hidden_layers = 1
-    d2t = info.draft_to_target
-    t2d = torch.zeros(V, dtype=torch.bool)
-    t2d[d2t] = True
-    torch.manual_seed(2)
-    peer = Eagle3DraftModel.from_training_args(
-        layer,
-        t2d=t2d,
-        d2t=d2t - torch.arange(VD),
-        verifier_name_or_path=folder,
-        target_layer_ids=[2, 4, 5],
-        draft_vocab_size=VD,
-        norm_before_residual=flags.get("norm_before_residual", False),
-        ttt_steps=K,
-        draft_attn_impl="sdpa",
-    )
-    with torch.no_grad():  # random norms and head too
-        for name, p in peer.named_parameters():
-            if "embed_tokens" not in name and "verifier" not in name:
-                p.add_(torch.randn_like(p) * 0.05)
-    peer.save_pretrained(out)
-    return peer.eval()
+    return speculators_eagle3(layer, info.draft_to_target, folder, K, 2, out, **flags)
 
 
 def test_speculators_checkpoint_imports(peers, target, tmp_path):
