@@ -36,10 +36,6 @@ def headline(temperature: int, columns) -> str:
     return name if f"{name}_gain_pct" in columns or name in columns else "tau_expected"
 
 
-# MBSU (mean block-size utilisation, SPEC §4): τ per unit of verification cost,
-# τ / (K·c + 1) with c = draft FLOPs per step / target FLOPs per token; 1 = target alone
-
-
 def load_per_prompt(eval_dirs: list[str | Path]) -> pd.DataFrame:
     """Concatenate ``per_prompt.csv`` of every evaluated draft, tagged with its cell keys."""
     frames = []
@@ -80,6 +76,8 @@ def tau_table(pp: pd.DataFrame) -> pd.DataFrame:
             draft_params=int(g["draft_params"].iloc[0]),
             cost_ratio=float(g["cost_ratio"].iloc[0]),
         )
+        # MBSU (mean block-size utilisation, SPEC §4): τ per unit of verification cost,
+        # τ / (K·c + 1) with c = draft FLOPs per step / target FLOPs per token; 1 = target alone
         row["mbsu"] = row["tau_live"] / (k * row["cost_ratio"] + 1)
         for j in range(1, k + 1):  # conditional acceptance a_j = accepted_j / reached_j
             reached = g.get(f"reached_{j}", pd.Series(dtype=float)).fillna(0).sum()
