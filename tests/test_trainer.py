@@ -1,4 +1,4 @@
-"""The training loop: gradient accumulation over micro-batches, the LR schedule, the config."""
+"""The training loop: micro-batches, the batch and LR schedules, groups, NaN stops, resume."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from specbench.losses import build as build_loss
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
-from specbench.training.trainer import accumulate_gradients, cosine_lr, train_draft
+from specbench.training.schedule import BatchSchedule, cosine_lr, micro_generator
+from specbench.training.trainer import make_member, micro_step, train_draft, train_group
 
 D2T = torch.arange(0, 64, 2)  # every other target token is in the draft vocabulary
 QUIET = lambda *args: None  # noqa: E731 (no training log)
@@ -54,19 +55,23 @@ def test_micro_batches_accumulate_the_mean_of_their_gradients(setup):
     draft = copy.deepcopy(draft).train()
     loss_fn = build_loss("kl")
     t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size)
-    gen, cpu = torch.Generator(), torch.device("cpu")
-    idx = [5, 0, 3, 1]
+    halves = ([5, 0], [3, 1])
     draft.zero_grad()
-    loss, alpha = accumulate_gradients(draft, loss_fn, cache, idx, 3, 2, t2d, gen, cpu)
+    loss, alpha = 0.0, 0.0
+    for part in halves:  # one batch of 4 in two micro-batches, each half of it
+        l, a = micro_step(draft, loss_fn, cache.batch(part), 3, t2d, torch.Generator(), 0.5)
+        loss, alpha = loss + l, alpha + a
     together = grads(draft)
-    halves, losses = [], []
-    for part in (idx[:2], idx[2:]):  # each half as a whole batch of its own
+    alone, losses = [], []
+    for part in halves:  # each half as a whole batch of its own
         draft.zero_grad()
-        losses.append(accumulate_gradients(draft, loss_fn, cache, part, 3, None, t2d, gen, cpu)[0])
-        halves.append(grads(draft))
-    assert together.keys() == halves[0].keys() and together
+        losses.append(
+            micro_step(draft, loss_fn, cache.batch(part), 3, t2d, torch.Generator(), 1)[0]
+        )
+        alone.append(grads(draft))
+    assert together.keys() == alone[0].keys() and together
     for name, g in together.items():
-        torch.testing.assert_close(g, (halves[0][name] + halves[1][name]) / 2)
+        torch.testing.assert_close(g, (alone[0][name] + alone[1][name]) / 2)
     assert loss == pytest.approx(sum(losses) / 2)
     assert alpha.shape == (3,) and ((alpha > 0) & (alpha < 1)).all()
 
@@ -122,13 +127,11 @@ def test_out_of_vocab_rows_can_be_dropped_from_the_loss(setup):
         seen["mask"] = kw["mask"].clone()
         return (kw["draft_logits"].float() * kw["mask"][..., None]).mean()
 
-    accumulate_gradients(copy.deepcopy(draft), spy, cache, idx, 3, None, t2d, gen, cpu)
-    keep = seen["mask"]
-    accumulate_gradients(
-        copy.deepcopy(draft), spy, cache, idx, 3, None, t2d, gen, cpu, drop_out_of_vocab=True
-    )
-    drop = seen["mask"]
     batch = cache.batch(idx, cpu)
+    micro_step(copy.deepcopy(draft), spy, batch, 3, t2d, gen, 1.0)
+    keep = seen["mask"]
+    micro_step(copy.deepcopy(draft), spy, batch, 3, t2d, gen, 1.0, drop_out_of_vocab=True)
+    drop = seen["mask"]
     from specbench.drafts.align import align
 
     st = align(copy.deepcopy(draft), batch, 3, t2d, torch.Generator())
@@ -172,3 +175,114 @@ def test_bf16_autocast_trains_close_to_fp32(setup):
     assert not torch.equal(fp32, bf16)  # autocast did change the arithmetic
     torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.02)
     assert bf16[-1] < bf16[0]
+
+
+def test_batches_are_epochs_of_permutations():
+    """Every sequence once per epoch, epochs reshuffled, batches may straddle two epochs."""
+    pool = [10, 11, 12, 13, 14]
+    sched = BatchSchedule(pool, 2, data_seed=0)
+    stream = [i for step in range(10) for i in sched[step]]  # 20 draws = 4 epochs
+    epochs = [stream[e * 5 : (e + 1) * 5] for e in range(4)]
+    assert all(sorted(e) == pool for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1, "each epoch is reshuffled"
+    assert BatchSchedule(pool, 2, 0)[7] == sched[7], "a pure function of the step"
+    assert [BatchSchedule(pool, 2, 1)[s] for s in range(3)] != [sched[s] for s in range(3)]
+    with pytest.raises(ValueError, match="no training sequences"):
+        BatchSchedule([], 2, 0)
+
+
+def test_micro_batch_draws_depend_on_seed_step_and_micro_batch_only():
+    draw = lambda *key: torch.rand(3, generator=micro_generator(*key))  # noqa: E731
+    assert torch.equal(draw(0, 5, 1), draw(0, 5, 1))
+    assert (
+        len({tuple(draw(*key).tolist()) for key in [(0, 5, 1), (1, 5, 1), (0, 6, 1), (0, 5, 0)]})
+        == 4
+    )
+
+
+def members(draft, specs, train):
+    """A group: a copy of ``draft`` per (loss, seed), each with its own AdamW. A loss is a
+    registered name, or a (name, function) pair standing in for that loss."""
+    out = []
+    for loss, seed in specs:
+        name, fn = (loss, build_loss(loss)) if isinstance(loss, str) else loss
+        out.append(make_member(f"{name}/seed{seed}", copy.deepcopy(draft), fn, seed, train, "cpu"))
+    return out
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_a_group_trains_each_draft_as_it_trains_alone(setup):
+    """Same batches, same draws: a draft's weights and log do not depend on its group."""
+    cache, draft = setup
+    s = settings(steps=4, micro_batch_size=2)
+    group = members(draft, [("kl", 0), ("tv", 1), ("lk_alpha", 0)], s)
+    train_group(group, cache, s, s.steps, QUIET)
+    for m, (loss, seed) in zip(group, [("kl", 0), ("tv", 1), ("lk_alpha", 0)], strict=True):
+        alone = copy.deepcopy(draft)
+        records = train_draft(alone, build_loss(loss), cache, s, seed, log=QUIET)
+        assert strip(m.records) == strip(records), m.name
+        state = m.draft.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in alone.state_dict().items()), m.name
+        assert m.status == {"status": "complete", "steps": 4}
+
+
+def test_a_non_finite_loss_stops_that_draft_only(setup):
+    """The draft keeps its last finite weights and says why; the group goes on without it."""
+    cache, draft = setup
+    s = settings(steps=4)
+    kl, calls, before = build_loss("kl"), [], {}
+
+    def breaks_at_step_2(**kw):
+        calls.append(1)
+        if len(calls) == 3:  # one micro-batch per step: step 2, before its update
+            before.update({k: v.clone() for k, v in group[0].draft.state_dict().items()})
+            return kl(**kw) * float("nan")
+        return kl(**kw)
+
+    group = members(draft, [(("kl", breaks_at_step_2), 0), ("kl", 1)], s)
+    log = []
+    train_group(group, cache, s, s.steps, log.append)
+    bad, good = group
+    assert bad.status == {"status": "stopped", "steps": 2, "reason": "non-finite loss at step 2"}
+    assert any("non-finite loss at step 2" in line for line in log)
+    after = bad.draft.state_dict()  # its weights after steps 0 and 1, untouched since
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert all(torch.isfinite(v).all() for v in after.values())
+    alone = copy.deepcopy(draft)
+    assert strip(good.records) == strip(train_draft(alone, kl, cache, s, 1, log=QUIET))
+
+
+def test_a_group_resumes_from_its_checkpoint_to_the_same_drafts(setup, tmp_path):
+    cache, draft = setup
+    s = settings(steps=5, checkpoint_every=2)
+    specs = [("kl", 0), ("tv", 1)]
+    whole = members(draft, specs, s)
+    train_group(whole, cache, s, s.steps, QUIET, checkpoint=tmp_path / "whole.pt")
+
+    class Killed(Exception):
+        pass
+
+    calls = []
+
+    def dies_in_step_3(**kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise Killed
+        return build_loss("kl")(**kw)
+
+    ckpt = tmp_path / "group.pt"
+    first = members(draft, [(("kl", dies_in_step_3), 0), ("tv", 1)], s)
+    with pytest.raises(Killed):
+        train_group(first, cache, s, s.steps, QUIET, checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=False)["step"] == 2  # the last save before the kill
+    log = []
+    again = members(draft, specs, s)  # a fresh process: new drafts, the same checkpoint
+    train_group(again, cache, s, s.steps, log.append, checkpoint=ckpt)
+    assert any("resumed" in line and "step 2" in line for line in log)
+    for a, b in zip(whole, again, strict=True):
+        assert strip(a.records) == strip(b.records)
+        sa, sb = a.draft.state_dict(), b.draft.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -44,6 +44,7 @@ def load_per_prompt(eval_dirs: list[str | Path]) -> pd.DataFrame:
         df = pd.read_csv(d / "per_prompt.csv")
         for key in ("target", "draft_arch", "loss", "seed", "k_eval", "draft_params", "cost_ratio"):
             df[key] = meta[key]
+        df["train_status"] = meta.get("train_status", "complete")
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     df["accepted_plus_rounds"] = df["accepted_sum"].fillna(0) + df["rounds"].fillna(0)
@@ -62,6 +63,8 @@ def tau_table(pp: pd.DataFrame) -> pd.DataFrame:
     for key, g in pp.groupby(CELL, sort=True):
         row = dict(zip(CELL, key, strict=True))
         row["origin"] = "external" if row["loss"].startswith(EXTERNAL_PREFIX) else "trained"
+        # "complete", or "stopped: non-finite loss at step N" (kept and marked, not dropped)
+        row["train_status"] = str(g["train_status"].iloc[0]) if "train_status" in g else "complete"
         for name, (num, den) in MEASURES.items():
             row[name], row[f"{name}_se"] = ratio_of_sums_se(g[num].fillna(0), g[den].fillna(0))
         k = int(g["k_eval"].iloc[0])
@@ -102,6 +105,10 @@ def gains_table(pp: pd.DataFrame, baseline: str, n_boot: int = 2000) -> pd.DataF
             if loss == baseline or base.empty:
                 continue
             row = dict(zip(group, key, strict=True), loss=loss, baseline=baseline)
+            # a draft of either side that stopped early (non-finite loss): the row says so
+            status = pd.concat([base, gl]).get("train_status", pd.Series(dtype=str))
+            stopped = sorted({str(x) for x in status if str(x).startswith("stopped")})
+            row["train_status"] = "; ".join(stopped) or "complete"
             for name, (num, den) in MEASURES.items():
                 cols = ["seed", "prompt_index"]
                 m = base.merge(gl, on=cols, suffixes=("_a", "_b"))
@@ -170,9 +177,10 @@ def gains_markdown(gains: pd.DataFrame, note: str = "") -> str:
     for _, r in gains.iterrows():
         lead = headline(r["temperature"], r.dropna().index)
         std = r.get(f"{lead}_seed_std", float("nan"))
+        stop = " (a draft stopped early)" if r.get("train_status", "complete") != "complete" else ""
         lines.append(
             f"| {r['target']} | {r['draft_arch']} | {r['domain']} | {r['temperature']} | "
-            f"{r['loss']} | {fmt(r, lead)} ({lead}) | {fmt(r, 'tau_expected')} | "
+            f"{r['loss']}{stop} | {fmt(r, lead)} ({lead}) | {fmt(r, 'tau_expected')} | "
             f"{fmt(r, 'tau_live')} | {'–' if pd.isna(std) else f'{std:.1f}'} |"
         )
     return "\n".join(lines) + "\n"

@@ -128,16 +128,19 @@ class Draft(nn.Module):
         return 2.0 * sum(p.numel() for p in self.parameters())
 
     def save(self, path: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (trainable weights only), atomically."""
+        """Write ``config.json``, then ``model.safetensors`` (trainable weights), atomically.
+
+        The weights come last, so their presence marks a complete draft.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp = path / "model.safetensors.tmp"
-        save_file(state, str(tmp))
-        tmp.replace(path / "model.safetensors")
         cfg_tmp = path / "config.json.tmp"
         cfg_tmp.write_text(json.dumps({"arch": self.arch, "hparams": self.hparams}, indent=2))
         cfg_tmp.replace(path / "config.json")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp = path / "model.safetensors.tmp"
+        save_file(state, str(tmp))
+        tmp.replace(path / "model.safetensors")
 
 
 DRAFTS: dict[str, type[Draft]] = {}

@@ -63,10 +63,20 @@ def save_cache(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
 class FeatureCache:
     """In-memory view of a cache file with per-sequence access and padded batches."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.t = load_file(str(path))
+    def __init__(self, path: str | Path | None = None, tensors: dict | None = None) -> None:
+        """Read the cache at ``path``, or wrap ``tensors`` already in memory (the format
+        :func:`specbench.targets.featurize.compute_features` returns)."""
+        if (path is None) == (tensors is None):
+            raise ValueError("give a cache path or its tensors, not both")
+        self.t = load_file(str(path)) if tensors is None else tensors
         self.offsets = self.t["offsets"].tolist()
         self.draft_to_target = self.t["draft_to_target"]
+
+    def response_tokens(self) -> torch.Tensor:
+        """``[num_sequences]`` training positions (response tokens) of each sequence."""
+        ends = torch.tensor(self.offsets)
+        seen = torch.cat([torch.zeros(1, dtype=torch.long), self.t["loss_mask"].long().cumsum(0)])
+        return seen[ends[1:]] - seen[ends[:-1]]
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -88,19 +98,20 @@ class FeatureCache:
     ) -> dict[str, torch.Tensor]:
         """Right-padded batch: ``attention_mask`` marks real tokens, pads carry ``loss_mask=0``.
 
-        Built in host memory, then copied to ``device`` (if given).
+        Built where the cache lives (host memory for a file), then copied to ``device``.
         """
         seqs = [self.sequence(i) for i in indices]
         width = max(s["input_ids"].numel() for s in seqs)
         out: dict[str, torch.Tensor] = {}
         for key in ("features", "logprobs", "target_argmax", "input_ids", "loss_mask"):
             ref = seqs[0][key]
-            buf = torch.zeros((len(seqs), width, *ref.shape[1:]), dtype=ref.dtype)
+            buf = ref.new_zeros((len(seqs), width, *ref.shape[1:]))
             for r, s in enumerate(seqs):
                 buf[r, : s[key].shape[0]] = s[key]
             out[key] = buf
-        lengths = torch.tensor([s["input_ids"].numel() for s in seqs])
-        out["attention_mask"] = torch.arange(width)[None, :] < lengths[:, None]
+        here = out["input_ids"].device
+        lengths = torch.tensor([s["input_ids"].numel() for s in seqs], device=here)
+        out["attention_mask"] = torch.arange(width, device=here)[None, :] < lengths[:, None]
         out["prompt_index"] = torch.stack([s["prompt_index"] for s in seqs])
         if device is not None:
             out = {k: v.to(device, non_blocking=True) for k, v in out.items()}

@@ -143,6 +143,17 @@ def write_outputs(job: Job, rows: list[dict], k: int, draft, info, temperatures,
         "trainable_params": draft.num_trainable_parameters(),
         "cost_ratio": draft.flops_per_step() / info.target_flops_per_token,
         "cells": [{"domain": d, "temperature": t} for t in temperatures for d in domains],
+        "train_status": train_status(Path(job.input["draft"]).parent),
     }
     atomic_write_text(job.output["per_prompt"], df.to_csv(index=False))
     atomic_write_text(job.output["metrics"], json.dumps(meta, indent=1))
+
+
+def train_status(draft_dir: Path) -> str:
+    """``complete``; ``stopped: <why>`` for a draft whose training stopped early (a
+    non-finite loss or gradient); ``external`` for a draft trained elsewhere."""
+    path = draft_dir / "train_status.json"
+    if not path.is_file():
+        return "external"
+    status = json.loads(path.read_text())
+    return status["status"] if status["status"] == "complete" else f"stopped: {status['reason']}"

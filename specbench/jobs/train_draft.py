@@ -18,7 +18,7 @@ def run(job: Job) -> None:
     wc, train = job.wildcards, ctx.cfg.train
     arch = wc["arch"]
     if "steps" in wc:
-        train = train.model_copy(update={"steps": int(wc["steps"])})
+        train = train.model_copy(update={"steps": int(wc["steps"]), "epochs": None})
     train_cell(
         job.input["cache"],
         job.params["model"],

@@ -1,14 +1,15 @@
 """Run the target over whole sequences and keep what drafts need (the feature cache's rows).
 
-The cache format is :mod:`specbench.features.cache`; this module is the only writer that runs
-a target.
+The cache format is :mod:`specbench.features.cache`; this module is the only code that runs
+a target to make it: written once to disk (:func:`compute_features`, the ``features_*``
+stages), or computed batch by batch while drafts train (:class:`OnlineFeatures`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from specbench.features.cache import Sequence
+from specbench.features.cache import FeatureCache, Sequence
 from specbench.targets.runner import TargetRunner
 
 
@@ -20,8 +21,13 @@ def compute_features(
     batch_size: int = 8,
     vocab_chunk_positions: int = 512,
     progress=None,
+    out_device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
-    """Run the target over whole sequences (right-padded batches) and slice what drafts need."""
+    """Run the target over whole sequences (right-padded batches) and slice what drafts need.
+
+    The result lives on ``out_device``: host memory for a cache written to disk, the
+    target's device for online training (no round trip of ~6 GB per batch of 64 sequences).
+    """
     feats, logps, argmax, ids, mask = [], [], [], [], []
     dt = draft_to_target.to(runner.device)
     for start in range(0, len(sequences), batch_size):
@@ -40,26 +46,61 @@ def compute_features(
             # normalise over the full vocabulary chunk by chunk, keep only the draft slice
             for c in range(0, n, vocab_chunk_positions):
                 chunk = logits[c : c + vocab_chunk_positions].float()
-                logps.append(torch.log_softmax(chunk, dim=-1).index_select(-1, dt).cpu())
-                argmax.append(chunk.argmax(-1).cpu())
-            feats.append(step.features[r, :n].float().cpu())
-            ids.append(torch.tensor(t))
-            m = torch.zeros(n, dtype=torch.bool)
+                logps.append(torch.log_softmax(chunk, dim=-1).index_select(-1, dt).to(out_device))
+                argmax.append(chunk.argmax(-1).to(out_device))
+            feats.append(step.features[r, :n].float().to(out_device))
+            ids.append(torch.tensor(t, device=out_device))
+            m = torch.zeros(n, dtype=torch.bool, device=out_device)
             # the next token is a response token (not prompt, not look-ahead)
             m[len(s.prompt_ids) - 1 : len(s.prompt_ids) + len(s.response_ids) - 1] = True
             mask.append(m)
         del step
         if progress:
             progress(min(start + batch_size, len(sequences)), len(sequences))
-    lengths = torch.tensor([len(s.ids) for s in sequences])
+    lengths = torch.tensor([len(s.ids) for s in sequences], device=out_device)
+    zero = torch.zeros(1, dtype=torch.long, device=out_device)
     return {
         "features": torch.cat(feats),
         "logprobs": torch.cat(logps),
         "target_argmax": torch.cat(argmax),
         "input_ids": torch.cat(ids),
         "loss_mask": torch.cat(mask),
-        "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-        "prompt_len": torch.tensor([len(s.prompt_ids) for s in sequences]),
-        "prompt_index": torch.tensor([s.prompt_index for s in sequences]),
-        "draft_to_target": draft_to_target.cpu(),
+        "offsets": torch.cat([zero, lengths.cumsum(0)]),
+        "prompt_len": torch.tensor([len(s.prompt_ids) for s in sequences], device=out_device),
+        "prompt_index": torch.tensor([s.prompt_index for s in sequences], device=out_device),
+        "draft_to_target": draft_to_target.to(out_device),
     }
+
+
+class OnlineFeatures:
+    """A feature cache computed on demand: :meth:`batch` runs the target over its sequences.
+
+    It answers what :class:`FeatureCache` answers (``len``, ``draft_to_target``,
+    :meth:`response_tokens`, :meth:`batch`), so the trainer reads either. A batch costs one
+    target forward (counted in ``forwards``) over the batch's sequences, right-padded; its
+    rows are those the cache would hold, up to the float differences of another padding
+    width (each cache batch is padded to its own longest sequence).
+    """
+
+    def __init__(
+        self, runner: TargetRunner, sequences: list[Sequence], draft_to_target: torch.Tensor
+    ) -> None:
+        self.runner, self.sequences, self.draft_to_target = runner, sequences, draft_to_target
+        self.forwards = 0
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def response_tokens(self) -> torch.Tensor:
+        return torch.tensor([len(s.response_ids) for s in self.sequences])
+
+    def batch(
+        self, indices: list[int], device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor]:
+        seqs = [self.sequences[i] for i in indices]
+        device = self.runner.device if device is None else device
+        tensors = compute_features(
+            self.runner, seqs, self.draft_to_target, batch_size=len(seqs), out_device=device
+        )
+        self.forwards += 1
+        return FeatureCache(tensors=tensors).batch(list(range(len(seqs))), device)

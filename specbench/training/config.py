@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -14,7 +15,10 @@ class TrainConfig(Strict):
 
     # K draft positions per anchor: one number, or per architecture with a "default"
     k: int | dict[str, int]
-    steps: int = Field(gt=0)
+    # how long: optimizer steps, or epochs over the training sequences (one of the two; per
+    # architecture with a "default", e.g. the paper's 10 epochs and MTP's 1-epoch fine-tune)
+    steps: int | None = Field(None, gt=0)
+    epochs: float | dict[str, float] | None = None
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -31,6 +35,18 @@ class TrainConfig(Strict):
     # bf16 trains an EAGLE-3 step in 0.61x the fp32 time on an AVX512-BF16 CPU
     # (benchmarks/train_step_bench.py)
     autocast: Literal["none", "bfloat16"] = "none"
+    # the batch order (epochs of seeded permutations): one stream shared by every loss and
+    # seed, so drafts are paired by construction (the draft's seed drives its init and draws)
+    data_seed: int = 0
+    # where target features come from: "cache" (written once by features_train, each draft
+    # trains in its own job) or "online" (the target runs inside one job per group of
+    # drafts, and one forward per batch feeds all of them: see docs/cluster.md)
+    features: Literal["cache", "online"] = "cache"
+    # drafts per online group job: None = every (loss, seed) of a (target, architecture);
+    # bounded by accelerator memory (each draft's weights, gradients and AdamW state)
+    group_size: int | None = Field(None, gt=0)
+    # save a group job every N optimizer steps, so a killed job resumes (0: never)
+    checkpoint_every: int = Field(0, ge=0)
 
     @field_validator("k")
     @classmethod
@@ -41,6 +57,30 @@ class TrainConfig(Strict):
         if isinstance(v, dict) and "default" not in v:
             raise ValueError("train.k per architecture needs a 'default' entry")
         return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_positive(cls, v: float | dict[str, float] | None) -> Any:
+        values = v.values() if isinstance(v, dict) else [] if v is None else [v]
+        if any(x <= 0 for x in values):
+            raise ValueError(f"train.epochs must be > 0, got {v}")
+        if isinstance(v, dict) and "default" not in v:
+            raise ValueError("train.epochs per architecture needs a 'default' entry")
+        return v
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set one of train.steps and train.epochs")
+        return self
+
+    def steps_for(self, arch: str, num_sequences: int) -> int:
+        """Optimizer steps of one architecture's drafts on ``num_sequences`` sequences."""
+        if self.steps is not None:
+            return self.steps
+        e = self.epochs if not isinstance(self.epochs, dict) else self.epochs.get(arch)
+        e = self.epochs["default"] if e is None else e  # type: ignore[index]
+        return max(1, math.ceil(e * num_sequences / self.batch_size))
 
     def k_for(self, arch: str) -> int:
         """K for one architecture (before capping at what it can draft)."""

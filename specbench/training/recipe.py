@@ -1,27 +1,94 @@
-"""The training recipe of one matrix cell: build the draft, train it on the cache, save it.
+"""The training recipe: build a group of drafts, train them on one feature stream, save them.
 
-Reads top to bottom: the cache gives the draft vocabulary, the target checkpoint gives what
-the draft may know of its target (config, embedding, head; the target itself never runs),
-the seed fixes the draft's initialisation and the batch stream.
+Reads top to bottom: the source gives the draft vocabulary, the target checkpoint gives what
+the drafts may know of their target (config, embedding, head), each draft's seed fixes its
+initialisation and its random draws, and one batch stream (``train.data_seed``) feeds all.
+A matrix cell (``train_draft``) is a group of one draft on the feature cache; an online group
+job (``train_group``) is every (loss, seed) of an architecture on the running target.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from specbench.dist import rank_and_world
 from specbench.drafts import build_draft
 from specbench.features.cache import FeatureCache
 from specbench.io import atomic_write_text
 from specbench.losses import build as build_loss
 from specbench.targets.info import target_info_from_checkpoint
 from specbench.training.config import TrainConfig
-from specbench.training.trainer import train_draft
+from specbench.training.trainer import FeatureSource, Member, make_member, train_group
+
+
+@dataclass(frozen=True)
+class Run:
+    """One draft of a group: its loss spec, seed, and output folder."""
+
+    loss: str
+    seed: int
+    out_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.loss}/seed{self.seed}"
+
+
+def train_runs(
+    source: FeatureSource,
+    target_model: str,
+    arch: str,
+    hparams: dict[str, Any],
+    runs: list[Run],
+    train: TrainConfig,
+    device: torch.device | str | None = None,
+    log=print,
+    data_fraction: float = 1.0,
+    checkpoint: str | Path | None = None,
+) -> list[Member]:
+    """Train ``arch`` once per run on ``source``; write each run's folder (rank 0).
+
+    ``data_fraction`` < 1 trains on a share of the sequences (:func:`data_subset`). Each
+    folder gets ``train_log.csv``, ``train_status.json`` (complete, or stopped early and
+    why), then the draft; its ``model.safetensors`` is written last, so its presence marks
+    a complete folder (a job killed midway leaves none, and Snakemake reruns it).
+    """
+    device = torch.device(device or "cpu")
+    info = target_info_from_checkpoint(target_model, source.draft_to_target)
+    members = []
+    for run in runs:
+        torch.manual_seed(run.seed)  # the draft's initialisation: the same alone or in a group
+        draft = build_draft(arch, info, **hparams)
+        members.append(make_member(run.name, draft, build_loss(run.loss), run.seed, train, device))
+    n = len(source)
+    sequences = None if data_fraction >= 1 else data_subset(n, data_fraction)
+    steps = train.steps_for(arch, n if sequences is None else len(sequences))
+    log(
+        f"{arch} ({members[0].draft.num_trainable_parameters():,} trainable params) × "
+        f"{len(runs)} drafts: {', '.join(r.name for r in runs)}"
+    )
+    log(f"{n} sequences, {steps} steps of {train.batch_size}, device {device}")
+    if sequences is not None:
+        log(f"training on {len(sequences)} of {n} sequences ({data_fraction:g})")
+    t0 = time.time()
+    train_group(members, source, train, steps, log, device, sequences, checkpoint)
+    log(f"trained in {time.time() - t0:.0f}s")
+    if rank_and_world()[0] == 0:
+        for run, m in zip(runs, members, strict=True):
+            out = Path(run.out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "train_log.csv", pd.DataFrame(m.records).to_csv(index=False))
+            atomic_write_text(out / "train_status.json", json.dumps(m.status, indent=1))
+            m.draft.save(out)
+    return members
 
 
 def train_cell(
@@ -37,31 +104,14 @@ def train_cell(
     log=print,
     data_fraction: float = 1.0,
 ) -> list[dict]:
-    """Train ``arch`` with ``loss`` and ``seed``; write ``train_log.csv`` and the draft.
-
-    ``data_fraction`` < 1 trains on a share of the cached sequences (:func:`data_subset`).
-
-    ``model.safetensors`` is written last, so its presence marks a complete draft (a run
-    killed midway leaves none and Snakemake reruns the cell).
-    """
+    """One matrix cell: ``arch`` trained with ``loss`` and ``seed`` on the feature cache."""
+    run = Run(loss, seed, Path(out_dir))
     cache = FeatureCache(cache_path)
-    info = target_info_from_checkpoint(target_model, cache.draft_to_target)
-    torch.manual_seed(seed)
-    draft = build_draft(arch, info, **hparams)
-    log(f"{arch} ({draft.num_trainable_parameters():,} trainable params) loss={loss} seed={seed}")
-    log(f"cache: {len(cache)} sequences, {cache.num_positions} positions, device {device}")
-    sequences = None if data_fraction >= 1 else data_subset(len(cache), data_fraction)
-    if sequences is not None:
-        log(f"training on {len(sequences)} of {len(cache)} sequences ({data_fraction:g})")
-    t0 = time.time()
-    records = train_draft(
-        draft, build_loss(loss), cache, train, seed, log=log, device=device, sequences=sequences
+    log(f"cache: {len(cache)} sequences, {cache.num_positions} positions")
+    members = train_runs(
+        cache, target_model, arch, hparams, [run], train, device, log, data_fraction
     )
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "train_log.csv", pd.DataFrame(records).to_csv(index=False))
-    draft.save(out_dir)
-    log(f"trained in {time.time() - t0:.0f}s")
-    return records
+    return members[0].records
 
 
 def data_subset(n: int, fraction: float) -> list[int]:

@@ -3,7 +3,11 @@
 # aggregate as for a trained draft); `snakemake export_drafts` writes every draft of the run
 # in every format its architecture exports to, under results/export/.
 
-ruleorder: import_draft > train_draft
+if CFG.train.features == "cache":  # online: group_draft makes only the matrix's losses
+
+    ruleorder: import_draft > train_draft
+
+
 ruleorder: external_vocab > draft_vocab
 
 

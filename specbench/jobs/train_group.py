@@ -1,0 +1,67 @@
+"""Stages ``train_group`` and ``group_draft``: online training of a group of drafts.
+
+``train_group`` loads the target (one process, or ZeRO-3 over the job's ranks), then trains
+every (loss, seed) of its group on the training responses, one target forward per
+micro-batch feeding all of them (:mod:`specbench.training.trainer`). It writes each draft
+into the group's folder and checkpoints the group every ``train.checkpoint_every`` steps
+(outside that folder, which Snakemake clears before a rerun); a rerun resumes from there.
+
+``group_draft`` links one draft out of its group's folder to its matrix path
+(``results/drafts/<target>/<arch>/<loss>/seed<N>``), where evaluation reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from specbench.features.cache import FeatureCache
+from specbench.jobs import Job
+from specbench.jobs.common import start
+from specbench.jobs.features import read_sequences
+from specbench.targets.featurize import OnlineFeatures
+from specbench.targets.runner import TargetRunner
+from specbench.training.recipe import Run, train_runs
+
+DRAFT_FILES = ("train_log.csv", "train_status.json", "config.json", "model.safetensors")
+
+
+def run(job: Job) -> None:
+    if job.stage == "group_draft":
+        link_draft(Path(job.params["folder"]), Path(job.output["model"]).parent)
+        return
+    ctx = start(job)
+    cfg, arch = ctx.cfg, job.wildcards["arch"]
+    out = Path(job.output["group"])
+    runs = [Run(r["loss"], int(r["seed"]), out / r["folder"]) for r in job.params["runs"]]
+    if cfg.train.features == "online":
+        d2t = torch.tensor(json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"])
+        seqs = read_sequences(job.input["responses"], merged=True)
+        source = OnlineFeatures(TargetRunner(ctx.target()), seqs, d2t)
+    else:  # a group on the cache: the same drafts as one train_draft job each
+        source = FeatureCache(job.input["cache"])
+    ckpt = Path(job.params["checkpoint"])
+    train_runs(
+        source, job.params["model"], arch, cfg.arch_hparams.get(arch, {}), runs, cfg.train,
+        device=ctx.device, log=ctx.say, checkpoint=ckpt,
+    )  # fmt: skip
+    if isinstance(source, OnlineFeatures):
+        ctx.say(f"target forwards on rank 0: {source.forwards} for {len(runs)} drafts")
+    if ctx.rank == 0:
+        ckpt.unlink(missing_ok=True)  # every draft is written: nothing left to resume
+
+
+def link_draft(folder: Path, dest: Path) -> None:
+    """Hard-link (else copy) a draft's files, the weights last (they mark it complete)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in DRAFT_FILES:
+        target = dest / name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(folder / name, target)
+        except OSError:  # another filesystem
+            shutil.copy2(folder / name, target)
