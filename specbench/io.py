@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,3 +67,25 @@ def progress(done: int, total: int, seconds: float, unit: str = "") -> str:
     eta = (total - done) / rate if done and seconds > 0 else float("nan")
     label = f" {unit}/s" if unit else "/s"
     return f"{done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:.2f}{label}, ETA {eta:.0f}s"
+
+
+def atomic_write_lines(path: str | Path, lines: Iterable[str]) -> int:
+    """Write ``lines`` (each ending in a newline) one by one, then rename; returns how many.
+
+    For outputs too large to build in memory first; like :func:`atomic_write_text`, an
+    interrupted run leaves no partial file at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    count = 0
+    try:
+        with os.fdopen(fd, "w") as f:
+            for line in lines:
+                f.write(line)
+                count += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count

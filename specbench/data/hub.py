@@ -18,6 +18,8 @@ filter and repeated prompts are skipped; prompts are stripped of surrounding whi
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,13 @@ class DatasetSource(Strict):
 
     ``dataset`` is a hub id (``openai/gsm8k``), a folder written by ``save_to_disk``, a folder of
     data files (e.g. a downloaded hub snapshot, whose README names the configs), or one
-    ``.jsonl``/``.json``/``.parquet``/``.csv`` file. ``field`` is the text column; a chat column
-    (``[{"from": "human", "value": ...}]`` or ``[{"role": "user", "content": ...}]``) gives its
-    first user turn. ``filter`` keeps rows whose columns equal the given values (all of them).
+    ``.jsonl``/``.json``/``.parquet``/``.csv`` file. ``field`` is the text column, or a path
+    into a nested one (``conversation[0].content``, :func:`resolve_field`); a chat (``[{"from":
+    "human", "value": ...}]`` or ``[{"role": "user", "content": ...}]``) gives its first user
+    turn. ``filter`` keeps rows whose columns equal the given values (all of them).
+    ``allow_fewer``: when the source has fewer usable distinct prompts than asked for, take all
+    of them (the log says how many) instead of failing; for "every prompt of the dataset" ask
+    for at least its row count.
     """
 
     dataset: str = Field(min_length=1)
@@ -44,12 +50,19 @@ class DatasetSource(Strict):
     field: str = Field(min_length=1)
     filter: dict[str, str | int | float | bool] = Field(default_factory=dict)
     shuffle_seed: StrictInt | None = None  # None: rows in stored order (YAML true is no seed)
+    allow_fewer: bool = False
 
     @field_validator("config", mode="before")
     @classmethod
     def _config_is_text(cls, v: Any) -> Any:
         if v is not None and not isinstance(v, str):
             raise ValueError(f"config must be a string: quote it in the YAML (got {v!r})")
+        return v
+
+    @field_validator("field")
+    @classmethod
+    def _field_path(cls, v: str) -> str:
+        parse_field(v)  # raises on a malformed path
         return v
 
     def describe(self) -> str:
@@ -60,17 +73,44 @@ class DatasetSource(Strict):
         return f"{name}:{self.split}/{self.field}{extra}{seed}"
 
 
+class CompletionsSource(DatasetSource):
+    """A target's released completions: prompts and the target's responses, from ``datasets``.
+
+    ``field`` is the prompt (a path such as ``conversation[0].content``, or a chat column whose
+    first user turn is the prompt), ``response_field`` the target's response (a string, or
+    OpenAI-style content parts). The defaults are the schema of the LK authors' releases
+    (collection ``nebius/infinity-instruct-completions``): ``conversation: [{role, content}]``
+    and ``generated_message: {role, content}``. Read by :mod:`specbench.data.completions`.
+    """
+
+    field: str = Field("conversation[0].content", min_length=1)
+    response_field: str = Field("generated_message.content", min_length=1)
+
+    @field_validator("response_field")
+    @classmethod
+    def _response_path(cls, v: str) -> str:
+        parse_field(v)  # raises on a malformed path
+        return v
+
+    def describe(self) -> str:
+        """The prompt source's name, then ``->`` and the response field."""
+        return f"{super().describe()}->{self.response_field}"
+
+
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 USER_ROLES = ("human", "user")
 SLICE_ROWS = 1024
 
 
-def missing_dataset_message(source: DatasetSource, reason: str) -> str:
-    """What to do when a configured dataset cannot be loaded without the network."""
+def missing_dataset_message(source: DatasetSource, reason: str, what: str = "prompt") -> str:
+    """What to do when a configured dataset cannot be loaded without the network.
+
+    ``what`` names the kind of dataset in the first line (``prompt``, ``completions``).
+    """
     name, config = source.dataset, source.config
     load = f"datasets.load_dataset({name!r}, {config!r}, split={source.split!r})"
     return (
-        f"cannot load the prompt dataset {source.describe()}: {reason}\n"
+        f"cannot load the {what} dataset {source.describe()}: {reason}\n"
         "Jobs run without network, so the dataset must already be on disk. Either:\n"
         f"  1. on a machine with network: `huggingface-cli download --repo-type dataset {name} "
         "--local-dir DIR` (`hf download ...` with huggingface_hub >= 1.0), then set "
@@ -99,10 +139,11 @@ def _from_disk(datasets: Any, path: Path, source: DatasetSource) -> Any:
     return saved
 
 
-def open_dataset(source: DatasetSource) -> Any:
+def open_dataset(source: DatasetSource, what: str = "prompt") -> Any:
     """The ``datasets.Dataset`` (memory-mapped Arrow) of a source's split.
 
-    Raises FileNotFoundError with download instructions when the data is not on disk.
+    Raises FileNotFoundError with download instructions (:func:`missing_dataset_message`,
+    naming a ``what`` dataset) when the data is not on disk.
     """
     try:
         import datasets
@@ -114,7 +155,7 @@ def open_dataset(source: DatasetSource) -> Any:
     builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
     if builder is not None:
         if not path.is_file():
-            raise FileNotFoundError(missing_dataset_message(source, f"no file {path}"))
+            raise FileNotFoundError(missing_dataset_message(source, f"no file {path}", what))
         files = {source.split: str(path)}
         return datasets.load_dataset(builder, data_files=files, split=source.split)
     if path.is_dir():
@@ -122,15 +163,16 @@ def open_dataset(source: DatasetSource) -> Any:
             return _from_disk(datasets, path, source)
         return datasets.load_dataset(str(path), source.config, split=source.split)
     if _looks_local(source.dataset):
-        raise FileNotFoundError(missing_dataset_message(source, f"no file or folder {path}"))
+        reason = f"no file or folder {path}"
+        raise FileNotFoundError(missing_dataset_message(source, reason, what))
     try:
         return datasets.load_dataset(source.dataset, source.config, split=source.split)
     except (ConnectionError, FileNotFoundError) as err:  # no network, not cached, or no such id
         reason = f"{type(err).__name__}: {err}"
-        raise FileNotFoundError(missing_dataset_message(source, reason)) from err
+        raise FileNotFoundError(missing_dataset_message(source, reason, what)) from err
 
 
-def _content_text(content: Any) -> str | None:
+def content_text(content: Any) -> str | None:
     """Text of a chat turn's content: a string, or OpenAI-style parts ``[{"type": "text"}]``."""
     if isinstance(content, str):
         return content
@@ -156,58 +198,133 @@ def prompt_text(value: Any) -> str | None:
         role = turn.get("from") if turn.get("from") is not None else turn.get("role")
         if role in USER_ROLES:
             text = turn.get("value") if turn.get("value") is not None else turn.get("content")
-            return _content_text(text)
+            return content_text(text)
     return None
 
 
-def load_prompts(source: DatasetSource, n: int, seed: int = 0) -> list[str]:
-    """The first ``n`` distinct prompts of a source, in stored or seeded-shuffled order.
+FIELD_STEP = re.compile(r"\.([^.\[\]]+)|\[(-?\d+)\]")  # .key or [index]
 
-    ``seed`` is added to ``source.shuffle_seed`` (ignored when that is None). Raises ValueError
-    when fewer than ``n`` usable prompts exist, FileNotFoundError when the data is not on disk.
+
+def parse_field(path: str) -> tuple[str, list[str | int]]:
+    """A field path's column and the steps into its cells: ``conversation[0].content`` →
+    ``("conversation", [0, "content"])``; a plain column name has no steps.
+
+    Steps are ``.key`` (a mapping's key) and ``[i]`` (a list's item, negative from the end).
     """
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
-    ds = open_dataset(source)
-    columns = [source.field, *source.filter]
+    column = re.match(r"[^.\[\]]+", path)
+    if column is None:
+        raise ValueError(f"bad field path {path!r}: it must start with a column name")
+    steps: list[str | int] = []
+    pos = column.end()
+    while pos < len(path):
+        m = FIELD_STEP.match(path, pos)
+        if m is None:
+            raise ValueError(
+                f"bad field path {path!r} at character {pos}: use column(.key|[index])*, "
+                "e.g. conversation[0].content"
+            )
+        steps.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    return column.group(), steps
+
+
+def resolve_field(cell: Any, steps: list[str | int]) -> Any:
+    """Follow a field path's steps (:func:`parse_field`) into one cell; None where one is missing.
+
+    A missing key, an index out of range, or a step into something that is not a mapping or
+    a list gives None (the row is then skipped as having no usable text), not an error.
+    """
+    for step in steps:
+        if isinstance(step, int):
+            if not isinstance(cell, list) or not -len(cell) <= step < len(cell):
+                return None
+            cell = cell[step]
+        else:
+            if not isinstance(cell, dict):
+                return None
+            cell = cell.get(step)
+    return cell
+
+
+def open_rows(
+    source: DatasetSource, fields: list[str], seed: int = 0, what: str = "prompt"
+) -> tuple[int, Iterator[tuple[int, list[Any]]]]:
+    """The split's row count, and ``(row number, [value of each field path])`` of its rows that
+    pass the source's filter.
+
+    Reads only the fields' columns and the filter's, :data:`SLICE_ROWS` rows at a time, in
+    stored order or in the seeded permutation (``shuffle_seed + seed``); the row number is its
+    position in that order. Raises ValueError naming the columns when one is missing.
+    """
+    ds = open_dataset(source, what)
+    paths = [parse_field(f) for f in fields]
+    columns = list(dict.fromkeys([*(col for col, _ in paths), *source.filter]))
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise ValueError(f"{source.describe()}: no column(s) {missing}; has {ds.column_names}")
-    ds = ds.select_columns(list(dict.fromkeys(columns)))
+    ds = ds.select_columns(columns)
     if source.shuffle_seed is not None:
         ds = ds.shuffle(seed=source.shuffle_seed + seed, keep_in_memory=True)
+
+    def rows() -> Iterator[tuple[int, list[Any]]]:
+        for start in range(0, len(ds), SLICE_ROWS):
+            batch = ds[start : start + SLICE_ROWS]
+            for i in range(len(batch[columns[0]])):
+                if any(batch[col][i] != want for col, want in source.filter.items()):
+                    continue
+                yield start + i, [resolve_field(batch[col][i], steps) for col, steps in paths]
+
+    return len(ds), rows()
+
+
+def load_prompts(source: DatasetSource, n: int, seed: int = 0, log=print) -> list[str]:
+    """The first ``n`` distinct prompts of a source, in stored or seeded-shuffled order.
+
+    ``seed`` is added to ``source.shuffle_seed`` (ignored when that is None). Raises ValueError
+    when fewer than ``n`` usable prompts exist (unless ``source.allow_fewer``: then all of
+    them, logged), FileNotFoundError when the data is not on disk.
+    """
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
     prompts: list[str] = []
     seen: set[str] = set()
-    for start in range(0, len(ds), SLICE_ROWS):
-        rows = ds[start : start + SLICE_ROWS]
-        for i, value in enumerate(rows[source.field]):
-            if any(rows[col][i] != want for col, want in source.filter.items()):
-                continue
-            try:
-                text = prompt_text(value)
-            except ValueError as err:
-                raise ValueError(f"{source.describe()}: row {start + i}: {err}") from None
-            text = (text or "").strip()
-            if text and text not in seen:
-                seen.add(text)
-                prompts.append(text)
-                if len(prompts) == n:
-                    return prompts
-    raise ValueError(
-        f"{source.describe()}: only {len(prompts)} usable distinct prompts in {len(ds)} rows "
+    total, rows = open_rows(source, [source.field], seed)
+    for number, (value,) in rows:
+        try:
+            text = prompt_text(value)
+        except ValueError as err:
+            raise ValueError(f"{source.describe()}: row {number}: {err}") from None
+        text = (text or "").strip()
+        if text and text not in seen:
+            seen.add(text)
+            prompts.append(text)
+            if len(prompts) == n:
+                return prompts
+    short = (
+        f"{source.describe()}: only {len(prompts)} usable distinct prompts in {total} rows "
         f"(after the filter {source.filter or 'none'}), asked for {n}"
     )
+    if not source.allow_fewer or not prompts:
+        raise ValueError(short)
+    log(f"{short}: taking all {len(prompts)} (allow_fewer)")
+    return prompts
+
+
+NO_TRAINING = "none (0 training prompts)"
 
 
 def split_prompts(
-    domain: str, split: str, n: int, source: DatasetSource | None, seed: int = 0
+    domain: str, split: str, n: int, source: DatasetSource | None, seed: int = 0, log=print
 ) -> tuple[list[str], str]:
     """Prompts of one domain's split and the name of their source.
 
-    The configured ``source`` wins; None keeps the domain's offline default.
+    The configured ``source`` wins; None keeps the domain's offline default. ``n = 0`` (a
+    domain that contributes no training prompts) gives none, whatever the source.
     """
+    if n == 0:
+        return [], NO_TRAINING
     if source is not None:
-        return load_prompts(source, n, seed), source.describe()
+        return load_prompts(source, n, seed, log), source.describe()
     if split == "train":
         return train_prompts(domain, n, seed), get_domain(domain).train_source
     if split == "eval":
@@ -234,9 +351,10 @@ def domain_prompts(
 
     A configured source wins over the domain's offline default; training prompts that are
     also evaluation prompts are dropped (and counted), so the two lists never overlap.
+    ``n_train = 0``: the domain is only evaluated (an empty ``train`` list).
     """
-    ev, eval_name = split_prompts(domain, "eval", n_eval, eval_source)
-    tr, train_name = split_prompts(domain, "train", n_train, train_source)
+    ev, eval_name = split_prompts(domain, "eval", n_eval, eval_source, log=log)
+    tr, train_name = split_prompts(domain, "train", n_train, train_source, log=log)
     log(f"{domain}: train prompts from {train_name}, eval prompts from {eval_name}")
     tr, dropped = drop_overlap(tr, ev)
     log(f"{domain}: dropped {dropped} training prompts that are also evaluation prompts")
