@@ -10,8 +10,9 @@ editors and ``snakemake --lint``; a test keeps it in sync.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
@@ -21,7 +22,7 @@ from pydantic import (
 )
 
 from specbench.data.domains import DOMAINS
-from specbench.data.hub import DatasetSource
+from specbench.data.hub import CompletionsSource, DatasetSource
 from specbench.data.splits import PROMPT_LISTS
 from specbench.schema import Strict
 from specbench.training.config import TrainConfig
@@ -39,6 +40,9 @@ class TargetConfig(Strict):
     gpus: int = Field(0, ge=0)
     zero3: dict[str, Any] = Field(default_factory=dict)
     draft_archs: list[str] | None = None  # None: every arch of the matrix
+    # domain → released completions of this target: its training responses of that domain are
+    # read from them (rule train_completions) instead of regenerated (specbench.data.completions)
+    train_completions: dict[DomainName, CompletionsSource] = Field(default_factory=dict)
 
     @property
     def is_gguf(self) -> bool:
@@ -46,7 +50,18 @@ class TargetConfig(Strict):
 
 
 class DataConfig(Strict):
-    train_prompts_per_domain: int = Field(gt=0)
+    """Prompts, responses and draft vocabulary.
+
+    ``train_prompts_per_domain``: training prompts of every domain (an int), or per domain (a
+    mapping that names every domain of ``domains``; 0: the domain contributes no training
+    prompts and is only evaluated). ``response_shard_prompts``: regenerate the training
+    responses of a (target, domain) in jobs of this many prompts each (rule
+    ``responses_shard``), gathered into one file (``responses_gather``); None: one job.
+    """
+
+    train_prompts_per_domain: (
+        Annotated[int, Field(gt=0)] | dict[DomainName, Annotated[int, Field(ge=0)]]
+    )
     eval_prompts_per_domain: int = Field(gt=0)
     max_prompt_tokens: int = Field(gt=0)
     train_new_tokens: int = Field(gt=0)
@@ -55,6 +70,7 @@ class DataConfig(Strict):
     feature_batch_size: int = Field(8, gt=0)
     train_temperature: float = Field(1.0, ge=0)
     draft_vocab_size: int = Field(gt=0)
+    response_shard_prompts: int | None = Field(None, gt=0)
     # domain → split → source; a domain/split not listed keeps the offline default
     sources: dict[DomainName, dict[PromptList, DatasetSource]] = Field(default_factory=dict)
 
@@ -76,6 +92,18 @@ class DataConfig(Strict):
     def source(self, domain: str, split: str) -> DatasetSource | None:
         """The configured source of a domain's split, or None for the offline default."""
         return self.sources.get(domain, {}).get(split)
+
+    def train_prompts(self, domain: str) -> int:
+        """How many training prompts ``domain`` asks for (0: none)."""
+        n = self.train_prompts_per_domain
+        return n if isinstance(n, int) else n.get(domain, 0)
+
+    def response_shards(self, domain: str) -> int | None:
+        """How many ``responses_shard`` jobs regenerate the training responses of ``domain``
+        (⌈train prompts / response_shard_prompts⌉), or None when they are not sharded."""
+        if self.response_shard_prompts is None:
+            return None
+        return math.ceil(self.train_prompts(domain) / self.response_shard_prompts)
 
 
 class EvalConfig(Strict):
@@ -282,6 +310,7 @@ class Config(Strict):
             for arch in t.draft_archs or []:
                 if arch not in DRAFTS:
                     raise ValueError(f"targets.{name}.draft_archs: unknown {arch!r}")
+        self._check_training_domains()
         names = [e.name for e in self.external_drafts]
         if len(set(names)) != len(names):
             raise ValueError(f"external_drafts: names must be unique, got {names}")
@@ -293,6 +322,34 @@ class Config(Strict):
                 )
         return self
 
+    def _check_training_domains(self) -> None:
+        per_domain = self.data.train_prompts_per_domain
+        if isinstance(per_domain, dict):
+            unlisted = [d for d in self.domains if d not in per_domain]
+            if unlisted:
+                raise ValueError(
+                    f"data.train_prompts_per_domain: no entry for domain(s) {unlisted} "
+                    "(0: the domain contributes no training prompts)"
+                )
+            if not self.train_domains:
+                raise ValueError("data.train_prompts_per_domain: every domain has 0 prompts")
+        for name, t in self.targets.items():
+            for domain in t.train_completions:
+                if domain not in self.train_domains:
+                    raise ValueError(
+                        f"targets.{name}.train_completions.{domain}: {domain} has no training "
+                        f"prompts (domains with some: {self.train_domains})"
+                    )
+
+    @property
+    def train_domains(self) -> list[str]:
+        """The domains that contribute training prompts (all, unless some ask for 0)."""
+        return [d for d in self.domains if self.data.train_prompts(d) > 0]
+
+    def completions(self, target: str, domain: str) -> CompletionsSource | None:
+        """The released completions that replace regeneration for (target, domain), if any."""
+        return self.targets[target].train_completions.get(domain)
+
     def vocab_for(self, arch: str) -> str:
         """The draft vocabulary an architecture trains over: its reference's, or the override."""
         from specbench.drafts import DRAFTS
@@ -302,6 +359,16 @@ class Config(Strict):
     def vocabs_for(self, target: str) -> list[str]:
         """The vocabularies the architectures of ``target`` need caches for."""
         return sorted({self.vocab_for(a) for a in self.archs_for(target)})
+
+    def train_groups(self) -> list[list[tuple[str, int]]]:
+        """The (loss, seed) drafts of one (target, architecture), in online group jobs.
+
+        Every (loss, seed) of the matrix in order, cut into groups of ``train.group_size``
+        (all of them in one group when it is unset).
+        """
+        runs = [(loss, seed) for loss in self.losses for seed in self.seeds]
+        size = self.train.group_size or len(runs)
+        return [runs[i : i + size] for i in range(0, len(runs), size)]
 
     def archs_for(self, target: str) -> list[str]:
         only = self.targets[target].draft_archs

@@ -273,6 +273,28 @@ def test_sources_rejected_by_schema_and_config(sources, message):
 def test_paper_config_sources():
     cfg = load_config(yaml.safe_load((ROOT / "configs/paper.yaml").read_text()))
     general = cfg.data.source("general", "train")
-    assert general.dataset == "BAAI/Infinity-Instruct" and general.filter == {"langdetect": "en"}
+    assert general.dataset == "BAAI/Infinity-Instruct" and general.config == "0625"
+    assert general.allow_fewer and general.filter == {}  # all of 0625, as the paper
     assert cfg.data.source("math", "eval").describe() == "openai/gsm8k[main]:test/question"
     assert cfg.data.source("code", "eval") is None and cfg.data.source("math", "train") is None
+
+
+def test_allow_fewer_takes_every_usable_prompt(hub, tmp_path):
+    from specbench.data.hub import load_prompts
+
+    path = tmp_path / "infinity.parquet"
+    hub.Dataset.from_list(infinity_rows()).to_parquet(str(path))
+    src = source(dataset=str(path), field="conversations", filter={"langdetect": "en"})
+    lenient = source(**{**src.model_dump(), "allow_fewer": True})
+    logged = []
+    assert load_prompts(lenient, 660_000, log=logged.append) == ["Q1", "Q2", "Q3"]
+    assert "only 3 usable distinct prompts in 6 rows" in logged[0] and "taking all 3" in logged[0]
+    assert load_prompts(lenient, 2) == ["Q1", "Q2"]
+
+
+def test_a_domain_with_no_training_prompts_is_only_evaluated():
+    from specbench.data.hub import NO_TRAINING, domain_prompts
+
+    payload = domain_prompts("math", 0, 3, log=lambda *a: None)
+    assert payload["train"] == [] and payload["train_source"] == NO_TRAINING
+    assert len(payload["eval"]) == 3

@@ -49,3 +49,14 @@ def eval_split(temperature: int) -> str:
 def name_seed(*names: str) -> int:
     """A stable 31-bit seed from names (CRC-32 of ``"a/b/…"``): the same in every process."""
     return zlib.crc32("/".join(names).encode()) & 0x7FFFFFFF
+
+
+def shard_seed(split: str, domain: str, shard: int) -> int:
+    """The sampling seed of one ``responses_shard`` job (shard ``shard`` of a domain's split).
+
+    Shard 0 keeps the unsharded job's seed, ``name_seed(split, domain)``, so a single shard
+    regenerates exactly what the unsharded ``responses`` job does; shard ``i > 0`` gets
+    ``name_seed(split, domain, "shard<i>")``. A shard's seed depends on its index only, never
+    on how many shards there are.
+    """
+    return name_seed(split, domain) if shard == 0 else name_seed(split, domain, f"shard{shard}")

@@ -1,9 +1,20 @@
-"""Stage ``responses``: the target regenerates the responses of one (split, domain).
+"""Stages ``responses`` and ``responses_shard``: the target regenerates the responses of one
+(split, domain), or of one shard of its training prompts.
 
 How each split samples is the table :data:`specbench.data.splits.SPLITS`: T=1 for ``train``
 and ``eval_t1``; greedy through EOS for ``eval_t0`` (T=0 replay verifies drafts past the end
 of the response, so the continuation is kept as look-ahead). The sampling seed derives from
 the (split, domain) names.
+
+Shard ``i`` (the ``{shard}`` wildcard; ``data.response_shard_prompts`` = S prompts per shard)
+answers the training prompts ``[i·S, (i+1)·S)`` and numbers its rows with their global
+``prompt_index``; ``responses_gather`` concatenates the shards. Its seed is
+:func:`~specbench.data.splits.shard_seed`: the responses of a shard depend on its prompts, S,
+``generation_batch_size`` and its index, not on the number of shards (raising the number of
+training prompts leaves the existing shards' responses as they were), and one shard equals
+the unsharded job. Changing S changes every response (the batches and seeds move), not
+their distribution. An empty shard (fewer prompts than planned: eval overlap dropped, or a
+source with ``allow_fewer``) writes an empty file without loading the target.
 """
 
 from __future__ import annotations
@@ -13,9 +24,9 @@ import time
 from pathlib import Path
 
 from specbench.data.generate import chat_prompt_ids, generate_responses, split_at_eos, write_jsonl
-from specbench.data.splits import SPLITS, name_seed
+from specbench.data.splits import SPLITS, name_seed, shard_seed
 from specbench.dist import gather_to_rank0
-from specbench.io import progress
+from specbench.io import atomic_write_text, progress
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.targets.loading import load_tokenizer
@@ -24,9 +35,21 @@ from specbench.targets.loading import load_tokenizer
 def run(job: Job) -> None:
     ctx = start(job)
     cfg, wc, out = ctx.cfg, job.wildcards, job.output["responses"]
-    prompts = json.loads(Path(job.input["prompts"]).read_text())
-    split = SPLITS[wc["split"]]
-    prompts = prompts[split.prompts]
+    split = SPLITS[wc.get("split", "train")]  # responses_shard: the train split
+    prompts = json.loads(Path(job.input["prompts"]).read_text())[split.prompts]
+    offset, seed = 0, name_seed(split.name, wc["domain"])
+    if "shard" in wc:
+        shard, size = int(wc["shard"]), cfg.data.response_shard_prompts
+        if size is None:
+            raise ValueError("a responses_shard job needs data.response_shard_prompts")
+        offset, seed = shard * size, shard_seed(split.name, wc["domain"], shard)
+        prompts = prompts[offset : offset + size]
+        if not prompts:
+            if ctx.rank == 0:
+                atomic_write_text(out, "")
+            ctx.say(f"shard {shard}: no prompts from {offset} on (an empty file)")
+            return
+        ctx.say(f"shard {shard}: prompts {offset}..{offset + len(prompts) - 1}")
     tok = load_tokenizer(job.params["model"])
     model = ctx.target()
     ids = [chat_prompt_ids(tok, p, cfg.data.max_prompt_tokens) for p in prompts]
@@ -39,7 +62,7 @@ def run(job: Job) -> None:
         ids,
         new_tokens,
         temperature,
-        seed=name_seed(split.name, wc["domain"]),
+        seed=seed,
         batch_size=cfg.data.generation_batch_size,
         through_eos=split.through_eos,  # T=0 replay verifies past EOS: keep the continuation
         progress=lambda done, total: ctx.say(
@@ -58,7 +81,7 @@ def run(job: Job) -> None:
     for i, (p, resp) in enumerate(zip(ids, responses, strict=True)):
         response, lookahead = split_at_eos(resp, tok.eos_token_id)
         rows.append(
-            {"prompt_index": i, "prompt_ids": p, "response_ids": response}
+            {"prompt_index": offset + i, "prompt_ids": p, "response_ids": response}
             | {"lookahead_ids": lookahead}
         )
     write_jsonl(out, rows)
