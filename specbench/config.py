@@ -40,9 +40,29 @@ class TargetConfig(Strict):
     gpus: int = Field(0, ge=0)
     zero3: dict[str, Any] = Field(default_factory=dict)
     draft_archs: list[str] | None = None  # None: every arch of the matrix
+    # drafts per online training job (train.features: online) on this target's GPUs: one
+    # number, or per architecture with a "default"; None: every (loss, seed) in one job.
+    # Bounded by GPU memory: docs/cluster.md, "Online training groups"
+    group_size: int | dict[str, int] | None = None
     # domain → released completions of this target: its training responses of that domain are
     # read from them (rule train_completions) instead of regenerated (specbench.data.completions)
     train_completions: dict[DomainName, CompletionsSource] = Field(default_factory=dict)
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v: int | dict[str, int] | None) -> Any:
+        values = v.values() if isinstance(v, dict) else [] if v is None else [v]
+        if any(x < 1 for x in values):
+            raise ValueError(f"group_size must be >= 1, got {v}")
+        if isinstance(v, dict) and "default" not in v:
+            raise ValueError("group_size per architecture needs a 'default' entry")
+        return v
+
+    def group_size_for(self, arch: str) -> int | None:
+        """Drafts per online group job of ``arch`` (None: the whole matrix row)."""
+        if isinstance(self.group_size, dict):
+            return self.group_size.get(arch, self.group_size["default"])
+        return self.group_size
 
     @property
     def is_gguf(self) -> bool:
@@ -293,6 +313,8 @@ class Config(Strict):
                     f"T=0 replay needs look-ahead: data.eval_new_tokens must be >= "
                     f"eval.live_new_tokens + max eval.k = {need}"
                 )
+        if self.learning_curve is not None and self.train.steps is None:
+            raise ValueError("learning_curve needs train.steps (its data points train that long)")
         if self.learning_curve is not None:
             if self.learning_curve.arch not in DRAFTS:
                 raise ValueError(
@@ -360,14 +382,14 @@ class Config(Strict):
         """The vocabularies the architectures of ``target`` need caches for."""
         return sorted({self.vocab_for(a) for a in self.archs_for(target)})
 
-    def train_groups(self) -> list[list[tuple[str, int]]]:
+    def train_groups(self, target: str, arch: str) -> list[list[tuple[str, int]]]:
         """The (loss, seed) drafts of one (target, architecture), in online group jobs.
 
-        Every (loss, seed) of the matrix in order, cut into groups of ``train.group_size``
-        (all of them in one group when it is unset).
+        Every (loss, seed) of the matrix in order, cut into groups of the target's
+        ``group_size`` for ``arch`` (all of them in one group when it is unset).
         """
         runs = [(loss, seed) for loss in self.losses for seed in self.seeds]
-        size = self.train.group_size or len(runs)
+        size = self.targets[target].group_size_for(arch) or len(runs)
         return [runs[i : i + size] for i in range(0, len(runs), size)]
 
     def archs_for(self, target: str) -> list[str]:

@@ -8,7 +8,7 @@ from tiny import tiny_llama
 
 from specbench.drafts.align import align
 from specbench.drafts.base import Draft, TrainOutput
-from specbench.features.cache import FeatureCache, Sequence, save_cache
+from specbench.features.cache import FeatureCache, PackedSequences, Sequence, save_cache
 from specbench.features.vocab import build_draft_vocab, target_to_draft_map
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
@@ -144,3 +144,13 @@ def test_full_vocabulary_cache_is_the_whole_normalised_distribution(tmp_path):
     total = tensors["logprobs"].logsumexp(dim=-1)
     torch.testing.assert_close(total, torch.zeros_like(total), atol=1e-5, rtol=0)
     assert (target_to_draft_map(d2t, 64) >= 0).all()  # nothing is out of vocabulary
+
+
+def test_packed_sequences_give_back_what_was_appended():
+    seqs = [Sequence([1, 2], [3, 4, 5], 0), Sequence([6], [7], 1, [8, 9]), Sequence([10], [], 2)]
+    packed = PackedSequences()
+    for s in seqs:
+        packed.append(s)
+    packed.freeze()
+    assert len(packed) == 3 and [packed[i] for i in range(3)] == seqs
+    assert packed.ids.dtype == torch.int32 and packed.response_lengths().tolist() == [3, 1, 0]

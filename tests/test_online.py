@@ -82,11 +82,12 @@ def group_job(data: dict, out: Path, engine: str = "hf", ranks: int = 1) -> Job:
     cfg = json.loads(json.dumps(data["cfg"]))
     cfg["targets"]["tiny"].update(engine=engine, gpus=ranks)
     runs = [{"loss": loss, "seed": s, "folder": f"{loss}/seed{s}"} for loss, s in RUNS]
+    root = data["root"]
     return Job(
         "train_group", cfg, {"target": "tiny", "arch": "eagle3", "group": "0"},
-        {"responses": [str(data["root"] / "train.jsonl")], "vocab": str(data["root"] / "vocab.json")},
+        {"responses": [str(root / "train.jsonl")], "vocab": str(root / "vocab.json")},
         {"group": str(out / "group")},
-        params={"model": data["model"], "runs": runs, "checkpoint": str(out / "ckpt.pt")},
+        params={"model": data["model"], "runs": runs, "checkpoint": str(out / "ckpt")},
         log=str(out / "train_group.log"), ranks=ranks, gpus=ranks,
     )  # fmt: skip
 
@@ -109,11 +110,11 @@ def one_process(data, tmp_path_factory) -> Path:
     """The group job run once, uninterrupted, in this process."""
     out = tmp_path_factory.mktemp("one")
     launch(group_job(data, out))
-    assert not (out / "ckpt.pt").exists(), "the checkpoint is removed once the drafts are out"
+    assert not (out / "ckpt").exists(), "the checkpoint is removed once the drafts are out"
     return out / "group"
 
 
-def test_online_group_equals_each_draft_trained_alone(data, tmp_path):
+def test_online_group_equals_each_draft_trained_alone(data, one_process, tmp_path):
     """Online: bitwise the drafts each trains alone (same batches, same target forwards).
     Cache: the same up to the cache's float differences (another padding width)."""
     train = TrainConfig(**data["cfg"]["train"])
@@ -132,6 +133,8 @@ def test_online_group_equals_each_draft_trained_alone(data, tmp_path):
     # one target forward per micro-batch, shared by the three drafts
     assert source.forwards == train.steps * (train.batch_size // train.micro_batch_size) == 12
     group = drafts(tmp_path / "group")
+    stage = drafts(one_process)  # the job: responses read from disk, packed
+    assert all(torch.equal(group[n][k], stage[n][k]) for n in group for k in group[n])
     for loss, s in RUNS:
         assert online(f"alone-{loss}-{s}", [(loss, s)]).forwards == 12
         alone = drafts(tmp_path / f"alone-{loss}-{s}", [(loss, s)])
@@ -199,16 +202,16 @@ def test_two_ranks_sharing_a_zero3_target_train_the_same_drafts(data, one_proces
 
 KILLER = """
 import os, signal, sys
-import specbench.training.trainer as trainer
+from specbench.training.trainer import Checkpoint
 from specbench.jobs import Job, run_stage
 
-saves, save = [], trainer.save_checkpoint
-def save_then_die(*args, **kwargs):
-    save(*args, **kwargs)
+saves, save = [], Checkpoint.save
+def save_then_die(self, *args, **kwargs):
+    save(self, *args, **kwargs)
     saves.append(1)
     if len(saves) == int(sys.argv[2]):
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no exception handler: a real kill
-trainer.save_checkpoint = save_then_die
+Checkpoint.save = save_then_die
 run_stage(Job.load(sys.argv[1]))
 """
 
@@ -226,7 +229,7 @@ def test_a_killed_group_job_resumes_to_the_same_drafts(
         env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-3000:]
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["step"] == resume_at
+    assert json.loads((tmp_path / "ckpt" / "step").read_text())["step"] == resume_at
     assert not list((tmp_path / "group").rglob("model.safetensors")), "killed before any draft"
     capfd.readouterr()
     launch(job)

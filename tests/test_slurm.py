@@ -84,10 +84,12 @@ def test_profile_uses_the_plugins_resource_names():
     gpu_rules = [
         block.split(":", 1)[0].strip()
         for smk in sorted((ROOT / "workflow/rules").glob("*.smk"))
-        for block in re.split(r"(?m)^rule ", smk.read_text())[1:]
+        for block in re.split(r"(?m)^\s*rule ", smk.read_text())[1:]
         if "gpu=" in block
     ]
-    assert {"responses", "features_train", "train_draft", "evaluate_draft"} <= set(gpu_rules)
+    assert {"responses", "features_train", "train_draft", "train_group", "evaluate_draft"} <= set(
+        gpu_rules
+    )
     for rule in gpu_rules:
         res = profile["set-resources"][rule]
         assert {"slurm_partition", "mem_mb", "runtime", "cpus_per_gpu"} <= set(res), rule

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -260,7 +261,7 @@ def test_a_group_resumes_from_its_checkpoint_to_the_same_drafts(setup, tmp_path)
     s = settings(steps=5, checkpoint_every=2)
     specs = [("kl", 0), ("tv", 1)]
     whole = members(draft, specs, s)
-    train_group(whole, cache, s, s.steps, QUIET, checkpoint=tmp_path / "whole.pt")
+    train_group(whole, cache, s, s.steps, QUIET, checkpoint=tmp_path / "whole")
 
     class Killed(Exception):
         pass
@@ -273,11 +274,12 @@ def test_a_group_resumes_from_its_checkpoint_to_the_same_drafts(setup, tmp_path)
             raise Killed
         return build_loss("kl")(**kw)
 
-    ckpt = tmp_path / "group.pt"
+    ckpt = tmp_path / "group"
     first = members(draft, [(("kl", dies_in_step_3), 0), ("tv", 1)], s)
     with pytest.raises(Killed):
         train_group(first, cache, s, s.steps, QUIET, checkpoint=ckpt)
-    assert torch.load(ckpt, weights_only=False)["step"] == 2  # the last save before the kill
+    assert json.loads((ckpt / "step").read_text())["step"] == 2  # the last save before the kill
+    assert sorted(f.name for f in ckpt.glob("*.pt")) == ["kl__seed0.step2.pt", "tv__seed1.step2.pt"]
     log = []
     again = members(draft, specs, s)  # a fresh process: new drafts, the same checkpoint
     train_group(again, cache, s, s.steps, log.append, checkpoint=ckpt)

@@ -40,6 +40,48 @@ class Sequence:
         return self.prompt_ids + self.response_ids + self.lookahead_ids
 
 
+class PackedSequences:
+    """Many :class:`Sequence` held as one flat int32 tensor of token ids and their lengths.
+
+    660k training responses as Python lists of ints take ~15 GB; packed, 4 bytes a token.
+    Indexing returns a :class:`Sequence` (lists made on demand, for one batch at a time).
+    """
+
+    def __init__(self) -> None:
+        self._ids: list[torch.Tensor] = []
+        self._parts: list[tuple[int, int, int]] = []  # prompt, response, look-ahead lengths
+        self._index: list[int] = []
+        self.ids = torch.zeros(0, dtype=torch.int32)
+        self.starts: list[int] = []
+
+    def append(self, seq: Sequence) -> None:
+        self._ids.append(torch.tensor(seq.ids, dtype=torch.int32))
+        self._parts.append((len(seq.prompt_ids), len(seq.response_ids), len(seq.lookahead_ids)))
+        self._index.append(seq.prompt_index)
+
+    def freeze(self) -> PackedSequences:
+        """Concatenate what was appended (call once, before reading)."""
+        self.ids = torch.cat(self._ids) if self._ids else torch.zeros(0, dtype=torch.int32)
+        lengths = torch.tensor([sum(p) for p in self._parts], dtype=torch.long)
+        self.starts = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).tolist()
+        self._ids = []
+        return self
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __getitem__(self, i: int) -> Sequence:
+        n_prompt, n_response, _ = self._parts[i]
+        ids = self.ids[self.starts[i] : self.starts[i + 1]].tolist()
+        return Sequence(
+            ids[:n_prompt], ids[n_prompt : n_prompt + n_response], self._index[i],
+            ids[n_prompt + n_response :],
+        )  # fmt: skip
+
+    def response_lengths(self) -> torch.Tensor:
+        return torch.tensor([p[1] for p in self._parts])
+
+
 def concat_caches(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """One cache from caches of consecutive runs of sequences (same draft vocabulary)."""
     if not parts:

@@ -39,6 +39,8 @@ STAGES = {
     "features_train": "features",
     "features_eval": "features",
     "train_draft": "train_draft",
+    "train_group": "train_group",
+    "group_draft": "train_group",
     "evaluate_draft": "evaluate_draft",
     "aggregate": "aggregate",
     "plots": "plots",

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from specbench.features.cache import FeatureCache
+from specbench.features.cache import FeatureCache, PackedSequences, Sequence
 from specbench.jobs import Job
 from specbench.jobs.common import start
-from specbench.jobs.features import read_sequences
 from specbench.targets.featurize import OnlineFeatures
 from specbench.targets.runner import TargetRunner
 from specbench.training.recipe import Run, train_runs
@@ -40,19 +39,19 @@ def run(job: Job) -> None:
     runs = [Run(r["loss"], int(r["seed"]), out / r["folder"]) for r in job.params["runs"]]
     if cfg.train.features == "online":
         d2t = torch.tensor(json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"])
-        seqs = read_sequences(job.input["responses"], merged=True)
+        seqs = read_packed(job.input["responses"])
         source = OnlineFeatures(TargetRunner(ctx.target()), seqs, d2t)
     else:  # a group on the cache: the same drafts as one train_draft job each
         source = FeatureCache(job.input["cache"])
-    ckpt = Path(job.params["checkpoint"])
+    ckpt = Path(job.params["checkpoint"])  # a folder
     train_runs(
         source, job.params["model"], arch, cfg.arch_hparams.get(arch, {}), runs, cfg.train,
         device=ctx.device, log=ctx.say, checkpoint=ckpt,
     )  # fmt: skip
     if isinstance(source, OnlineFeatures):
         ctx.say(f"target forwards on rank 0: {source.forwards} for {len(runs)} drafts")
-    if ctx.rank == 0:
-        ckpt.unlink(missing_ok=True)  # every draft is written: nothing left to resume
+    if ctx.rank == 0:  # every rank has written its drafts (train_runs waits for them)
+        shutil.rmtree(ckpt, ignore_errors=True)  # nothing left to resume
 
 
 def link_draft(folder: Path, dest: Path) -> None:
@@ -65,3 +64,15 @@ def link_draft(folder: Path, dest: Path) -> None:
             os.link(folder / name, target)
         except OSError:  # another filesystem
             shutil.copy2(folder / name, target)
+
+
+def read_packed(paths: list[str]) -> PackedSequences:
+    """Every domain's training responses, packed (prompts renumbered, as the cache does)."""
+    packed = PackedSequences()
+    for path in paths:
+        with open(path) as lines:  # line by line: 660k responses never sit in memory as dicts
+            rows = (json.loads(line) for line in lines if line.strip())
+            for r in rows:
+                look = r.get("lookahead_ids", [])
+                packed.append(Sequence(r["prompt_ids"], r["response_ids"], len(packed), look))
+    return packed.freeze()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from specbench.features.cache import FeatureCache, Sequence
+from specbench.features.cache import FeatureCache, PackedSequences, Sequence
 from specbench.targets.runner import TargetRunner
 
 
@@ -83,15 +83,21 @@ class OnlineFeatures:
     """
 
     def __init__(
-        self, runner: TargetRunner, sequences: list[Sequence], draft_to_target: torch.Tensor
+        self,
+        runner: TargetRunner,
+        sequences: list[Sequence] | PackedSequences,
+        draft_to_target: torch.Tensor,
     ) -> None:
         self.runner, self.sequences, self.draft_to_target = runner, sequences, draft_to_target
         self.forwards = 0
+        self.runs_target = True  # each rank computes its own batches (the trainer shares them)
 
     def __len__(self) -> int:
         return len(self.sequences)
 
     def response_tokens(self) -> torch.Tensor:
+        if isinstance(self.sequences, PackedSequences):
+            return self.sequences.response_lengths()
         return torch.tensor([len(s.response_ids) for s in self.sequences])
 
     def batch(

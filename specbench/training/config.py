@@ -42,9 +42,6 @@ class TrainConfig(Strict):
     # trains in its own job) or "online" (the target runs inside one job per group of
     # drafts, and one forward per batch feeds all of them: see docs/cluster.md)
     features: Literal["cache", "online"] = "cache"
-    # drafts per online group job: None = every (loss, seed) of a (target, architecture);
-    # bounded by accelerator memory (each draft's weights, gradients and AdamW state)
-    group_size: int | None = Field(None, gt=0)
     # save a group job every N optimizer steps, so a killed job resumes (0: never)
     checkpoint_every: int = Field(0, ge=0)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from specbench.dist import rank_and_world
 from specbench.drafts import build_draft
@@ -54,7 +55,10 @@ def train_runs(
     data_fraction: float = 1.0,
     checkpoint: str | Path | None = None,
 ) -> list[Member]:
-    """Train ``arch`` once per run on ``source``; write each run's folder (rank 0).
+    """Train ``arch`` once per run on ``source``; write each run's folder.
+
+    On N ranks each builds, trains and writes its share of the runs (``runs[rank::N]``) and
+    returns those members.
 
     ``data_fraction`` < 1 trains on a share of the sequences (:func:`data_subset`). Each
     folder gets ``train_log.csv``, ``train_status.json`` (complete, or stopped early and
@@ -62,32 +66,33 @@ def train_runs(
     a complete folder (a job killed midway leaves none, and Snakemake reruns it).
     """
     device = torch.device(device or "cpu")
+    rank, world = rank_and_world()
     info = target_info_from_checkpoint(target_model, source.draft_to_target)
+    mine = runs[rank::world]  # the drafts are spread over the ranks (trainer docstring)
     members = []
-    for run in runs:
+    for run in mine:
         torch.manual_seed(run.seed)  # the draft's initialisation: the same alone or in a group
         draft = build_draft(arch, info, **hparams)
         members.append(make_member(run.name, draft, build_loss(run.loss), run.seed, train, device))
     n = len(source)
     sequences = None if data_fraction >= 1 else data_subset(n, data_fraction)
     steps = train.steps_for(arch, n if sequences is None else len(sequences))
-    log(
-        f"{arch} ({members[0].draft.num_trainable_parameters():,} trainable params) × "
-        f"{len(runs)} drafts: {', '.join(r.name for r in runs)}"
-    )
-    log(f"{n} sequences, {steps} steps of {train.batch_size}, device {device}")
+    params = f"{members[0].draft.num_trainable_parameters():,}" if members else "?"
+    log(f"{arch} ({params} trainable params) × {len(runs)} drafts, {len(mine)} on rank 0")
+    log(f"{n} sequences, {steps} steps of {train.batch_size}, {world} ranks, device {device}")
     if sequences is not None:
         log(f"training on {len(sequences)} of {n} sequences ({data_fraction:g})")
     t0 = time.time()
     train_group(members, source, train, steps, log, device, sequences, checkpoint)
     log(f"trained in {time.time() - t0:.0f}s")
-    if rank_and_world()[0] == 0:
-        for run, m in zip(runs, members, strict=True):
-            out = Path(run.out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "train_log.csv", pd.DataFrame(m.records).to_csv(index=False))
-            atomic_write_text(out / "train_status.json", json.dumps(m.status, indent=1))
-            m.draft.save(out)
+    for run, m in zip(mine, members, strict=True):  # each rank writes the drafts it holds
+        out = Path(run.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "train_log.csv", pd.DataFrame(m.records).to_csv(index=False))
+        atomic_write_text(out / "train_status.json", json.dumps(m.status, indent=1))
+        m.draft.save(out)
+    if world > 1:
+        dist.barrier()  # every draft of the group is written
     return members
 
 

@@ -11,13 +11,16 @@ them:
   group);
 * a group of one draft is what ``train_draft`` (one matrix cell) runs, and it trains that
   draft exactly as the group would (same batches, same random draws);
-* on N data-parallel ranks, each rank takes every N-th micro-batch of a step and the
-  drafts' gradients are summed over the ranks (each rank holds every draft of the group);
+* on N ranks (a job whose target is partitioned over N GPUs), the drafts are spread over
+  the ranks, not replicated: draft i lives on rank i mod N. Each rank runs the target on
+  every N-th micro-batch and broadcasts its features to the others, so every draft still
+  sees every micro-batch. A group then holds N GPUs' worth of drafts, and no gradient
+  crosses ranks (see docs/cluster.md for why, not data-parallel replicas);
 * a draft whose loss or gradient turns non-finite stops, keeping its last finite weights,
   and says at which step; the others go on;
-* every ``checkpoint_every`` steps the whole group is saved atomically, and a restarted
-  job resumes from there (the batches and draws are functions of the step, so a resumed
-  run equals an uninterrupted one).
+* every ``checkpoint_every`` steps each rank saves its drafts, then rank 0 records the
+  step, atomically; a restarted job resumes from the last recorded step (the batches and
+  draws are functions of the step, so a resumed run equals an uninterrupted one).
 
 The trainer aligns each anchor and draft step with the target's distribution and token
 (:func:`specbench.drafts.align.align`), then hands ``[N, K, V]`` tensors to the loss.
@@ -25,8 +28,10 @@ The trainer aligns each anchor and draft step with the target's distribution and
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,7 +44,7 @@ from specbench.dist import rank_and_world
 from specbench.drafts.align import StepTargets, align, usable_k
 from specbench.drafts.base import Draft
 from specbench.features.vocab import target_to_draft_map
-from specbench.io import progress, tmp_path_for
+from specbench.io import atomic_write_text, progress, tmp_path_for
 from specbench.training.config import TrainConfig
 from specbench.training.schedule import BatchSchedule, cosine_lr, micro_generator
 
@@ -130,63 +135,109 @@ def micro_step(
     return loss.item() * share, acceptance_by_position(st) * share
 
 
-def sum_over_ranks(member: Member, loss: float, alpha_sum: torch.Tensor) -> tuple[float, Any]:
-    """All-reduce a draft's gradients, loss and α over the data-parallel ranks (sum)."""
-    _, world = rank_and_world()
-    if world == 1:
-        return loss, alpha_sum
-    params = member.params
-    for p in params:
-        if p.grad is None:  # no gradient on this rank's micro-batches: a zero one
-            p.grad = torch.zeros_like(p)
-    stats = torch.cat([torch.tensor([loss], device=alpha_sum.device), alpha_sum.float()])
-    flat = torch.cat([p.grad.reshape(-1) for p in params] + [stats.to(params[0].grad)])
-    dist.all_reduce(flat)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-        offset += n
-    stats = flat[offset:].to(alpha_sum.device)
-    return float(stats[0]), stats[1:]
+BATCH_KEYS = ("features", "logprobs", "target_argmax", "input_ids", "loss_mask")
+BATCH_KEYS += ("attention_mask", "prompt_index")
 
 
-def save_checkpoint(path: Path, step: int, members: list[Member], fingerprint: dict) -> None:
-    """The group after ``step`` steps, atomically (a kill mid-write leaves the previous one)."""
-    state = {
-        "step": step,
-        "fingerprint": fingerprint,
-        "members": {
-            m.name: {
-                "draft": m.draft.state_dict(),
-                "opt": m.opt.state_dict(),
-                "records": m.records,
-                "stopped": m.stopped,
-            }
-            for m in members
-        },
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path_for(path)
-    torch.save(state, tmp)
-    tmp.replace(path)
+def broadcast_batch(batch: dict | None, src: int, like: dict) -> dict:
+    """Rank ``src``'s batch on every rank (``batch`` is None elsewhere).
+
+    ``like``: a batch of this rank's (the dtypes, trailing shapes and device to use). The
+    ``[B, L]`` shape goes first, then each tensor; bool tensors travel as uint8 (gloo).
+    """
+    rank, _ = rank_and_world()
+    device = like["input_ids"].device
+    shape = torch.tensor(batch["input_ids"].shape if rank == src else (0, 0), device=device)
+    dist.broadcast(shape, src)
+    b, width = shape.tolist()
+    out = {}
+    for key in BATCH_KEYS:
+        ref = like[key]
+        lead = (b,) if key == "prompt_index" else (b, width)
+        wire = torch.uint8 if ref.dtype == torch.bool else ref.dtype
+        t = batch[key].to(wire) if rank == src else torch.empty(
+            (*lead, *ref.shape[len(lead):]), dtype=wire, device=device
+        )  # fmt: skip
+        dist.broadcast(t, src)
+        out[key] = t.bool() if ref.dtype == torch.bool else t
+    return out
 
 
-def load_checkpoint(path: Path, members: list[Member], fingerprint: dict, log) -> int:
-    """Restore the group from ``path`` if it is this run's; return the step to go on from."""
-    if not path.is_file():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["fingerprint"] != fingerprint:
-        log(f"checkpoint {path} is from another run ({state['fingerprint']}): starting over")
-        return 0
-    for m in members:
-        saved = state["members"][m.name]
-        m.draft.load_state_dict(saved["draft"])
-        m.opt.load_state_dict(saved["opt"])
-        m.records, m.stopped = saved["records"], saved["stopped"]
-    log(f"resumed from {path} at step {state['step']}")
-    return int(state["step"])
+def step_batches(source: FeatureSource, parts: list[list[int]], device) -> Iterator[dict]:
+    """The batches of one step's micro-batches, in order, on every rank.
+
+    A cache is read by each rank for itself. The online target is run by each rank on every
+    N-th micro-batch only (N forwards in parallel, as ZeRO-3 wants them: the same number
+    on every rank); each result is then broadcast from the rank that computed it.
+    """
+    rank, world = rank_and_world()
+    if world == 1 or not getattr(source, "runs_target", False):
+        for seqs in parts:
+            yield source.batch(seqs, device)
+        return
+    for first in range(0, len(parts), world):
+        mine = source.batch(parts[first + rank], device)
+        for src in range(world):  # the source rank sends; it keeps its own copy
+            shared = broadcast_batch(mine if src == rank else None, src, mine)
+            yield mine if src == rank else shared
+        del mine
+
+
+class Checkpoint:
+    """A group's checkpoint folder: one file per draft and step, and a ``step`` record.
+
+    Each rank writes the drafts it holds (``<draft>.step<N>.pt``); once all have, rank 0
+    writes ``step`` (atomically) and the older files go. A kill at any moment leaves a
+    ``step`` whose files all exist, so a restart resumes from it, on any number of ranks.
+    """
+
+    def __init__(self, folder: str | Path, fingerprint: dict) -> None:
+        self.folder, self.fingerprint = Path(folder), fingerprint
+
+    def _file(self, m: Member, step: int) -> Path:
+        return self.folder / f"{m.name.replace('/', '__')}.step{step}.pt"
+
+    def save(self, step: int, mine: list[Member]) -> None:
+        rank, world = rank_and_world()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for m in mine:
+            state = {"draft": m.draft.state_dict(), "opt": m.opt.state_dict()}
+            state |= {"records": m.records, "stopped": m.stopped}
+            tmp = tmp_path_for(self._file(m, step))
+            torch.save(state, tmp)
+            tmp.replace(self._file(m, step))
+        if world > 1:
+            dist.barrier()
+        if rank == 0:
+            record = json.dumps({"step": step, "fingerprint": self.fingerprint})
+            atomic_write_text(self.folder / "step", record)
+        if world > 1:
+            dist.barrier()
+        for m in mine:
+            for old in self.folder.glob(f"{m.name.replace('/', '__')}.step*.pt"):
+                if old != self._file(m, step):
+                    old.unlink(missing_ok=True)
+
+    def load(self, mine: list[Member], log) -> int:
+        """Restore this rank's drafts if the folder holds this run; the step to go on from."""
+        record = self.folder / "step"
+        if not record.is_file():
+            return 0
+        saved = json.loads(record.read_text())
+        if saved["fingerprint"] != self.fingerprint:
+            log(f"checkpoint {self.folder} is from another run ({saved['fingerprint']}): ignored")
+            return 0
+        step = int(saved["step"])
+        for m in mine:
+            state = torch.load(self._file(m, step), map_location=m.draft.device, weights_only=False)
+            m.draft.load_state_dict(state["draft"])
+            m.opt.load_state_dict(state["opt"])
+            m.records, m.stopped = state["records"], state["stopped"]
+        log(f"resumed from {self.folder} at step {step}")
+        return step
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def train_group(
@@ -199,13 +250,15 @@ def train_group(
     sequences: list[int] | None = None,
     checkpoint: str | Path | None = None,
 ) -> None:
-    """Train every member for ``steps`` optimizer steps on one stream of batches.
+    """Train ``members`` (this rank's drafts of the group) for ``steps`` optimizer steps.
 
     ``sequences``: the source rows batches are drawn from (default all; a learning curve
-    trains on subsets). ``checkpoint``: where the group is saved every
+    trains on subsets). ``checkpoint``: the folder the group is saved to every
     ``train.checkpoint_every`` steps and resumed from. Each member's ``records`` get one row
     per step it trained (the train log); ``tokens`` counts the response tokens of the batch.
-    The batch stream lives on the CPU, so a seed draws the same batches on every device.
+    ``log`` is called on every rank (pass a rank-0 printer); the lines about the drafts of
+    the other ranks are gathered into it. The batch stream lives on the CPU, so a seed
+    draws the same batches on every device.
     """
     rank, world = rank_and_world()
     device = torch.device(device) if device is not None else members[0].draft.device
@@ -213,46 +266,53 @@ def train_group(
     pool = list(range(len(source))) if sequences is None else list(sequences)
     schedule = BatchSchedule(pool, s.batch_size, s.data_seed)
     size = s.micro_batch_size or s.batch_size
-    parts = s.batch_size // size  # micro-batches per step, dealt round robin to the ranks
-    if parts % world:
+    n_parts = s.batch_size // size
+    if n_parts % world:
         raise ValueError(
-            f"{parts} micro-batches per step (train.batch_size {s.batch_size} / "
+            f"{n_parts} micro-batches per step (train.batch_size {s.batch_size} / "
             f"micro_batch_size {size}) cannot be shared evenly by {world} ranks"
         )
-    t2d = target_to_draft_map(source.draft_to_target, members[0].draft.info.vocab_size).to(device)
+    vocab = source.draft_to_target
+    t2d = (
+        target_to_draft_map(vocab, members[0].draft.info.vocab_size).to(device) if members else None
+    )
     response_tokens = source.response_tokens()
     autocast = None if s.autocast == "none" else getattr(torch, s.autocast)
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = {"members": [m.name for m in members], "steps": steps, "pool": len(pool)}
-    first = load_checkpoint(ckpt, members, fingerprint, log) if ckpt else 0
+    names = gather_lists([m.name for m in members])
+    ckpt = (
+        Checkpoint(checkpoint, {"drafts": sorted(names), "steps": steps, "pool": len(pool)})
+        if checkpoint
+        else None
+    )
+    first = ckpt.load(members, log) if ckpt else 0
     t0 = time.perf_counter()
     for step in range(first, steps):
         active = [m for m in members if m.stopped is None]
-        if not active:
+        if not any_rank(bool(active)):
             break
         lr = cosine_lr(step, steps, s.warmup_steps, s.lr)
         idx = schedule[step]
+        parts = [idx[p * size : (p + 1) * size] for p in range(n_parts)]
         sums: dict[str, tuple[float, Any]] = {m.name: (0.0, 0.0) for m in active}
         for m in active:
             m.opt.zero_grad(set_to_none=True)
-        for part in range(rank, parts, world):
-            seqs = idx[part * size : (part + 1) * size]
-            batch = source.batch(seqs, device)  # the one target pass every draft shares
-            for m in active:
+        for p, batch in enumerate(step_batches(source, parts, device)):
+            for m in active:  # the one target pass every draft shares
                 loss, a = micro_step(
-                    m.draft, m.loss_fn, batch, m.k, t2d, micro_generator(m.seed, step, part),
-                    len(seqs) / len(idx), s.out_of_vocab == "drop", autocast,
+                    m.draft, m.loss_fn, batch, m.k, t2d, micro_generator(m.seed, step, p),
+                    len(parts[p]) / len(idx), s.out_of_vocab == "drop", autocast,
                 )  # fmt: skip
                 sums[m.name] = (sums[m.name][0] + loss, sums[m.name][1] + a)
             del batch
+        lines = []
         for m in active:
-            loss, a = sum_over_ranks(m, *sums[m.name])
+            loss, a = sums[m.name]
             grad_norm = torch.nn.utils.clip_grad_norm_(m.params, s.grad_clip)
-            if not (torch.isfinite(torch.tensor(loss)) and torch.isfinite(grad_norm)):
-                what = "loss" if not torch.isfinite(torch.tensor(loss)) else "gradient"
-                m.stopped = f"non-finite {what} at step {step}"
+            finite = torch.isfinite(torch.tensor(loss)), torch.isfinite(grad_norm)
+            if not all(finite):
+                m.stopped = f"non-finite {'loss' if not finite[0] else 'gradient'} at step {step}"
                 m.opt.zero_grad(set_to_none=True)  # the step is not taken: last finite weights
-                log(f"{m.name}: stopped, {m.stopped} (the other drafts go on)")
+                lines.append(f"  {m.name}: stopped, {m.stopped} (the other drafts go on)")
                 continue
             for g in m.opt.param_groups:
                 g["lr"] = lr
@@ -270,21 +330,41 @@ def train_group(
             )
         if step % max(1, steps // 10) == 0 or step == steps - 1:
             done = progress(step + 1 - first, steps - first, time.perf_counter() - t0, "steps")
-            log(f"step {step:5d}/{steps} [{done}]")
             for m in active:
                 if m.stopped is None:
                     r = m.records[-1]
-                    log(
+                    lines.append(
                         f"  {m.name:24s} loss {r['loss']:.4f} alpha_1 {r['alpha_1']:.3f} "
                         f"alpha_K {r[f'alpha_{m.k}']:.3f}"
                     )
+            lines = [f"step {step:5d}/{steps} [{done}]", *lines]
+        for line in gather_lists(lines):
+            log(line)
         every = s.checkpoint_every
-        if ckpt and rank == 0 and every and (step + 1) % every == 0 and step + 1 < steps:
-            save_checkpoint(ckpt, step + 1, members, fingerprint)
-    if ckpt and rank == 0:  # the whole group done: a restart goes straight to the outputs
-        save_checkpoint(ckpt, steps, members, fingerprint)
+        if ckpt and every and (step + 1) % every == 0 and step + 1 < steps:
+            ckpt.save(step + 1, members)
+    if ckpt:  # the whole group trained: a restart goes straight to writing the drafts
+        ckpt.save(steps, members)
     for m in members:
         m.draft.eval()
+
+
+def gather_lists(items: list) -> list:
+    """Every rank's ``items``, concatenated in rank order (on every rank)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return items
+    out: list = [None] * world
+    dist.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on some rank (every rank gets the answer)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return flag
+    return any(gather_lists([flag]))
 
 
 def train_draft(

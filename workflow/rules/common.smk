@@ -1,3 +1,5 @@
+import re
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
@@ -145,3 +147,20 @@ def curve_dirs():
 
 def curve_loss(wc):
     return CURVE.loss if wc.loss == loss_slug(CURVE.loss) else LOSS_BY_SLUG[wc.loss]
+
+
+# online training groups (workflow/rules/train.smk, train.features: online)
+def group_runs(wc):
+    """The drafts of one group job: loss spec, seed, folder inside the group's output."""
+    return [
+        {"loss": loss, "seed": seed, "folder": f"{loss_slug(loss)}/seed{seed}"}
+        for loss, seed in CFG.train_groups(wc.target, wc.arch)[int(wc.group)]
+    ]
+
+
+def group_of(wc):
+    """The group folder holding the draft (loss, seed) of a (target, arch)."""
+    for g, runs in enumerate(CFG.train_groups(wc.target, wc.arch)):
+        if (LOSS_BY_SLUG[wc.loss], int(wc.seed)) in runs:
+            return f"{R}/groups/{wc.target}/{wc.arch}/g{g}"
+    raise WorkflowError(f"no training group holds {wc.loss}/seed{wc.seed}")

@@ -33,26 +33,10 @@ if CFG.train.features == "cache":
 
 else:
 
-    def group_runs(wc):
-        """The drafts of one group job: loss spec, seed, folder inside the group's output."""
-        return [
-            {"loss": loss, "seed": seed, "folder": f"{loss_slug(loss)}/seed{seed}"}
-            for loss, seed in CFG.train_groups()[int(wc.group)]
-        ]
-
-    def group_of(wc):
-        """The group folder holding the draft (loss, seed) of a (target, arch)."""
-        for g, runs in enumerate(CFG.train_groups()):
-            if (LOSS_BY_SLUG[wc.loss], int(wc.seed)) in runs:
-                return f"{R}/groups/{wc.target}/{wc.arch}/g{g}"
-        raise WorkflowError(f"no training group holds {wc.loss}/seed{wc.seed}")
-
     rule train_group:
         """Train every (loss, seed) of one group on the running target: one forward per batch."""
         input:
-            responses=expand(
-                f"{R}/data/responses/{{{{target}}}}/train/{{domain}}.jsonl", domain=CFG.domains
-            ),
+            responses=train_responses,
             vocab=lambda wc: f"{R}/data/vocab/{wc.target}/{CFG.vocab_for(wc.arch)}.json",
             target=target_source,
         output:
@@ -65,7 +49,7 @@ else:
             model=lambda wc: target_model(wc.target),
             runs=group_runs,
             # outside the output folder, which Snakemake clears before rerunning the job
-            checkpoint=lambda wc: f"{R}/checkpoints/{wc.target}/{wc.arch}/g{wc.group}.pt",
+            checkpoint=lambda wc: f"{R}/checkpoints/{wc.target}/{wc.arch}/g{wc.group}",
             config_digest=config_digest(
                 "data", "train", "arch_hparams", "arch_vocab", "losses", "seeds"
             ),
