@@ -59,6 +59,22 @@ def test_tau_counts_the_bonus_token_and_gains_are_paired():
     assert "+10.0 [+10.0, +10.0]" in gains_markdown(gains)
 
 
+def test_a_draft_that_stopped_early_is_kept_and_marked():
+    """A non-finite loss stops a draft (training/trainer.py): its rows stay, marked."""
+    kl = pd.DataFrame(_per_prompt("kl", [10, 12, 8], [10, 10, 10], [20.0, 22.0, 18.0]))
+    tv = pd.DataFrame(_per_prompt("tv", [11, 12, 9], [10, 10, 10], [21.0, 22.0, 18.0]))
+    kl["train_status"] = "complete"
+    tv["train_status"] = "stopped: non-finite loss at step 17"
+    pp = pd.concat([kl, tv], ignore_index=True)
+    pp["accepted_plus_rounds"] = pp["accepted_sum"] + pp["rounds"]
+    tau = tau_table(pp).set_index("loss")
+    assert tau.loc["tv", "train_status"] == "stopped: non-finite loss at step 17"
+    assert tau.loc["kl", "train_status"] == "complete" and tau.loc["tv", "tau_live"] > 1
+    gains = gains_table(pp, "kl", n_boot=50)
+    assert gains.iloc[0]["train_status"] == "stopped: non-finite loss at step 17"
+    assert "| tv (a draft stopped early) |" in gains_markdown(gains)
+
+
 def test_a_one_loss_matrix_writes_tables_and_plots_and_says_there_is_nothing_to_compare(tmp_path):
     """``losses: [kl]`` (only the baseline): τ table and plots, no crash on the empty gains."""
     import json
