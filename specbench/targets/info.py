@@ -158,8 +158,9 @@ def target_info_from_checkpoint(
 ) -> TargetInfo:
     """:class:`TargetInfo` without loading the model: config, embedding and head only.
 
-    Draft training never runs the target (it reads the feature cache), so a 685B target
-    costs it two vocabulary-sized matrices, not the whole checkpoint.
+    Building a draft needs no target forward, so a 685B target costs it two vocabulary-sized
+    matrices, not the whole checkpoint (online training loads the target separately, and
+    under ZeRO-3 holds only a partition of it).
     """
     from safetensors import safe_open
     from transformers import AutoConfig
