@@ -72,7 +72,7 @@ def hub(tmp_path, monkeypatch):
 
 
 def source(**kw):
-    from specbench.config import DatasetSource
+    from specbench.data.hub import DatasetSource
 
     return DatasetSource(**kw)
 
