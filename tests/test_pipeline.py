@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from repo_copy import copy_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -35,12 +34,9 @@ def _job_stats(text: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """A copy of the repo (tracked files only) with the smoke matrix run in it."""
-    work = copy_repo(tmp_path_factory.mktemp("repo"))
-    proc = _snakemake(work, "--configfile", "configs/smoke.yaml")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return work
+def smoke_run(smoke_local, tmp_path_factory):
+    """This module's own copy of the session's smoke run (its tests change files)."""
+    return smoke_local.copy(tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def test_smoke_matrix_writes_tables_and_plots(smoke_run):

@@ -145,8 +145,8 @@ def test_snakemake_submits_through_the_plugin(cluster, tmp_path):
     assert (tmp_path / "b.txt").read_text().strip().isdigit()  # ran inside a SLURM job
 
 
-def test_smoke_matrix_through_slurm_equals_local(cluster, tmp_path_factory):
-    local = copy_repo(tmp_path_factory.mktemp("local"))
+def test_smoke_matrix_through_slurm_equals_local(cluster, smoke_local, tmp_path_factory):
+    local, t_local = smoke_local.path, smoke_local.seconds  # the session's local run (read only)
     via_slurm = copy_repo(tmp_path_factory.mktemp("via_slurm"))
     slurm_profile.localize(
         ROOT / PROFILE / "config.yaml",
@@ -155,12 +155,6 @@ def test_smoke_matrix_through_slurm_equals_local(cluster, tmp_path_factory):
         mem_mb=4000,
     )
     snakemake = [sys.executable, "-m", "snakemake"]
-
-    rc, t_local = run_logged(
-        [*snakemake, "--cores", "2", "--configfile", SMOKE], local, 1800, local / "snakemake.log"
-    )
-    assert rc == 0, f"local smoke run failed ({rc}):\n{tail(local / 'snakemake.log')}"
-
     cmd = [*snakemake, "--executor", "slurm", "--workflow-profile", PROFILE, "--configfile", SMOKE]
     rc, t_slurm = run_logged(cmd, via_slurm, 3000, via_slurm / "snakemake.log")
     print(f"\nsmoke matrix wall time: local --cores 2 {t_local:.0f}s, SLURM {t_slurm:.0f}s")

@@ -1,0 +1,39 @@
+"""Fixtures shared by test modules: one local run of the smoke matrix per session."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from repo_copy import copy_repo
+
+
+@dataclass(frozen=True)
+class SmokeRun:
+    path: Path  # a repo copy with the smoke matrix run in it (results/, .snakemake/)
+    seconds: float  # the run's wall time
+
+    def copy(self, dst: Path) -> Path:
+        """A private copy to change (timestamps kept, so Snakemake sees nothing to redo)."""
+        shutil.copytree(self.path, dst, symlinks=True)
+        return dst
+
+
+@pytest.fixture(scope="session")
+def smoke_local(tmp_path_factory) -> SmokeRun:
+    """``snakemake --cores 2 --configfile configs/smoke.yaml`` in a repo copy, once.
+
+    The end-to-end tests (tests/test_pipeline.py) and the SLURM comparison
+    (tests/test_slurm.py) share it; read it as it is, or :meth:`SmokeRun.copy` it first.
+    """
+    work = copy_repo(tmp_path_factory.mktemp("smoke_local"))
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"local smoke run failed:\n{proc.stderr[-4000:]}"
+    return SmokeRun(work, time.perf_counter() - t0)
