@@ -1,4 +1,4 @@
-"""Fixtures shared by test modules: one local run of the smoke matrix per session."""
+"""Fixtures shared by test modules: `datasets` offline, one local smoke run per session."""
 
 from __future__ import annotations
 
@@ -37,3 +37,12 @@ def smoke_local(tmp_path_factory) -> SmokeRun:
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"local smoke run failed:\n{proc.stderr[-4000:]}"
     return SmokeRun(work, time.perf_counter() - t0)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """`datasets`, with its cache in tmp_path and the network off (as on our machines)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    return datasets

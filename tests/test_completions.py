@@ -41,15 +41,6 @@ def tok(target):
     return load_tokenizer(str(target))
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """`datasets`, with its cache in tmp_path and the network off (as on our machines)."""
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    return datasets
-
-
 def released(prompt, response, role="user"):
     """One row of the LK release's schema."""
     conversation = [] if prompt is None else [{"role": role, "content": prompt}]

@@ -62,15 +62,6 @@ def test_split_at_eos():
 HUB_SOURCE = {"dataset": "openai/gsm8k", "config": "main", "split": "test", "field": "question"}
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """`datasets`, with its cache in tmp_path and the network off (as on our machines)."""
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    return datasets
-
-
 def source(**kw):
     from specbench.data.hub import DatasetSource
 

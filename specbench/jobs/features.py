@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from specbench.data.generate import read_jsonl
 from specbench.dist import gather_to_rank0, lockstep_batches
-from specbench.features.cache import Sequence, concat_caches, save_cache
+from specbench.features.cache import PackedSequences, Sequence, concat_caches, save_cache
 from specbench.io import progress
 from specbench.jobs import Job
 from specbench.jobs.common import start
@@ -26,15 +26,32 @@ from specbench.targets.featurize import compute_features
 from specbench.targets.runner import TargetRunner
 
 
-def read_sequences(paths: list[str], merged: bool) -> list[Sequence]:
-    """The responses of one or more domains; ``merged`` renumbers prompts to stay unique."""
-    seqs = []
+def iter_sequences(paths: list[str], merged: bool) -> Iterator[Sequence]:
+    """The responses of one or more domains, read line by line; ``merged`` renumbers prompts
+    to stay unique (0, 1, ... across the files)."""
+    n = 0
     for path in paths:
-        for r in read_jsonl(path):
-            pid = len(seqs) if merged else r["prompt_index"]
-            look = r.get("lookahead_ids", [])
-            seqs.append(Sequence(r["prompt_ids"], r["response_ids"], pid, look))
-    return seqs
+        with open(path) as lines:  # 660k responses never sit in memory as dicts
+            for line in lines:
+                if line.strip():
+                    r = json.loads(line)
+                    pid = n if merged else r["prompt_index"]
+                    look = r.get("lookahead_ids", [])
+                    yield Sequence(r["prompt_ids"], r["response_ids"], pid, look)
+                    n += 1
+
+
+def read_sequences(paths: list[str], merged: bool) -> list[Sequence]:
+    """:func:`iter_sequences` as a list (a cache job holds its sequences anyway)."""
+    return list(iter_sequences(paths, merged))
+
+
+def read_packed(paths: list[str]) -> PackedSequences:
+    """:func:`iter_sequences` merged and packed (4 bytes a token: online training's data)."""
+    packed = PackedSequences()
+    for seq in iter_sequences(paths, merged=True):
+        packed.append(seq)
+    return packed.freeze()
 
 
 def run(job: Job) -> None:

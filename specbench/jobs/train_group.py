@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from specbench.features.cache import FeatureCache, PackedSequences, Sequence
+from specbench.features.cache import FeatureCache
 from specbench.jobs import Job
 from specbench.jobs.common import start
+from specbench.jobs.features import read_packed
 from specbench.targets.featurize import OnlineFeatures
 from specbench.targets.runner import TargetRunner
 from specbench.training.recipe import Run, train_runs
@@ -64,15 +65,3 @@ def link_draft(folder: Path, dest: Path) -> None:
             os.link(folder / name, target)
         except OSError:  # another filesystem
             shutil.copy2(folder / name, target)
-
-
-def read_packed(paths: list[str]) -> PackedSequences:
-    """Every domain's training responses, packed (prompts renumbered, as the cache does)."""
-    packed = PackedSequences()
-    for path in paths:
-        with open(path) as lines:  # line by line: 660k responses never sit in memory as dicts
-            rows = (json.loads(line) for line in lines if line.strip())
-            for r in rows:
-                look = r.get("lookahead_ids", [])
-                packed.append(Sequence(r["prompt_ids"], r["response_ids"], len(packed), look))
-    return packed.freeze()

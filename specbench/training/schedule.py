@@ -64,8 +64,3 @@ def micro_generator(seed: int, step: int, micro: int) -> torch.Generator:
     which rank runs the micro-batch, on the other drafts of its group, or on a resume.
     """
     return torch.Generator().manual_seed(name_seed("draw", str(seed), str(step), str(micro)))
-
-
-def epochs_seen(steps: int, batch_size: int, num_sequences: int) -> float:
-    """How many passes over the data ``steps`` optimizer steps make."""
-    return steps * batch_size / max(1, num_sequences)

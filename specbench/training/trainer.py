@@ -29,7 +29,6 @@ The trainer aligns each anchor and draft step with the target's distribution and
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -236,9 +235,6 @@ class Checkpoint:
         log(f"resumed from {self.folder} at step {step}")
         return step
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
 
 def train_group(
     members: list[Member],
@@ -304,7 +300,7 @@ def train_group(
                 )  # fmt: skip
                 sums[m.name] = (sums[m.name][0] + loss, sums[m.name][1] + a)
             del batch
-        lines = []
+        lines, tokens = [], int(response_tokens[idx].sum())
         for m in active:
             loss, a = sums[m.name]
             grad_norm = torch.nn.utils.clip_grad_norm_(m.params, s.grad_clip)
@@ -323,7 +319,7 @@ def train_group(
                     "loss": loss,
                     "lr": lr,
                     "grad_norm": float(grad_norm),
-                    "tokens": int(response_tokens[idx].sum()),
+                    "tokens": tokens,
                     "seconds": time.perf_counter() - t0,
                     **{f"alpha_{j + 1}": float(x) for j, x in enumerate(a)},
                 }
