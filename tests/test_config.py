@@ -165,3 +165,15 @@ def test_vocabulary_per_architecture_follows_the_reference_unless_overridden():
     cfg["arch_vocab"] = {"medusa_v2": "full"}
     with pytest.raises(ConfigError, match="arch_vocab: unknown arch 'medusa_v2'"):
         load_config(cfg)
+
+
+def test_group_size_per_architecture_and_groups():
+    raw = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    cfg = load_config(raw)
+    assert [len(g) for g in cfg.train_groups("llama31-8b", "eagle3")] == [6, 6, 6, 6]
+    assert len(cfg.train_groups("llama31-8b", "medusa")) == 24
+    runs = [r for g in cfg.train_groups("llama33-70b", "eagle3") for r in g]
+    assert runs == [(loss, s) for loss in cfg.losses for s in cfg.seeds]  # each once, in order
+    raw["targets"]["llama31-8b"]["group_size"] = {"medusa": 1}
+    with pytest.raises(ConfigError, match="group_size per architecture needs a 'default'"):
+        load_config(raw)

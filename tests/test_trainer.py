@@ -288,3 +288,34 @@ def test_a_group_resumes_from_its_checkpoint_to_the_same_drafts(setup, tmp_path)
         assert strip(a.records) == strip(b.records)
         sa, sb = a.draft.state_dict(), b.draft.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_micro_batches_must_share_evenly_over_the_ranks(setup, monkeypatch):
+    """2 micro-batches per step cannot keep 3 ranks in lockstep: a clear error, no hang."""
+    cache, draft = setup
+    monkeypatch.setattr("specbench.training.trainer.rank_and_world", lambda: (0, 3))
+    s = settings(micro_batch_size=2)
+    with pytest.raises(ValueError, match="2 micro-batches per step .* by 3 ranks"):
+        train_group(members(draft, [("kl", 0)], s), cache, s, s.steps, QUIET)
+
+
+def test_a_checkpoint_of_another_run_is_ignored(setup, tmp_path):
+    cache, draft = setup
+    s = settings(steps=3, checkpoint_every=1)
+    train_group(members(draft, [("kl", 0)], s), cache, s, s.steps, QUIET, checkpoint=tmp_path)
+    log = []
+    longer = settings(steps=4, checkpoint_every=1)  # another schedule: not this run's
+    again = members(draft, [("kl", 0)], longer)
+    train_group(again, cache, longer, longer.steps, log.append, checkpoint=tmp_path)
+    assert any("from another run" in line for line in log)
+    assert [r["step"] for r in again[0].records] == [0, 1, 2, 3]  # trained from the start
+
+
+def test_steps_or_epochs_one_of_the_two():
+    base = dict(k=3, batch_size=64, lr=1e-3, warmup_steps=0, grad_clip=1.0)
+    assert TrainConfig(**base, epochs={"default": 10, "mtp": 1}).steps_for("mtp", 640) == 10
+    for bad in ({}, {"steps": 5, "epochs": 1}):
+        with pytest.raises(ValueError, match="set one of train.steps and train.epochs"):
+            TrainConfig(**base, **bad)
+    with pytest.raises(ValueError, match="needs a 'default' entry"):
+        TrainConfig(**base, epochs={"mtp": 1})
