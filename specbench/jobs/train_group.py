@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from specbench.features.cache import FeatureCache
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.jobs.features import read_packed
@@ -38,19 +37,15 @@ def run(job: Job) -> None:
     cfg, arch = ctx.cfg, job.wildcards["arch"]
     out = Path(job.output["group"])
     runs = [Run(r["loss"], int(r["seed"]), out / r["folder"]) for r in job.params["runs"]]
-    if cfg.train.features == "online":
-        d2t = torch.tensor(json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"])
-        seqs = read_packed(job.input["responses"])
-        source = OnlineFeatures(TargetRunner(ctx.target()), seqs, d2t)
-    else:  # a group on the cache: the same drafts as one train_draft job each
-        source = FeatureCache(job.input["cache"])
+    d2t = torch.tensor(json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"])
+    seqs = read_packed(job.input["responses"])
+    source = OnlineFeatures(TargetRunner(ctx.target()), seqs, d2t)
     ckpt = Path(job.params["checkpoint"])  # a folder
     train_runs(
         source, job.params["model"], arch, cfg.arch_hparams.get(arch, {}), runs, cfg.train,
         device=ctx.device, log=ctx.say, checkpoint=ckpt,
     )  # fmt: skip
-    if isinstance(source, OnlineFeatures):
-        ctx.say(f"target forwards on rank 0: {source.forwards} for {len(runs)} drafts")
+    ctx.say(f"target forwards on rank 0: {source.forwards} for {len(runs)} drafts")
     if ctx.rank == 0:  # every rank has written its drafts (train_runs waits for them)
         shutil.rmtree(ckpt, ignore_errors=True)  # nothing left to resume
 
