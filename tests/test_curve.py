@@ -66,6 +66,7 @@ def test_learning_curve_target_plans_one_draft_per_point(tmp_path):
     assert plan.returncode == 0, plan.stderr[-2000:]
     default = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
     cfg, steps = default["learning_curve"], default["train"]["steps"]
+    steps = steps.get(cfg["arch"], steps["default"]) if isinstance(steps, dict) else steps
     points = len(set(cfg["steps"]) | {steps}) + len(set(cfg["data_fractions"]) - {1.0})
     counts = dict(line.split() for line in plan.stdout.splitlines() if line.startswith("curve_"))
     assert counts == {"curve_train": str(points), "curve_eval": str(points)}

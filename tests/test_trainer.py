@@ -150,6 +150,24 @@ def test_k_per_architecture():
         TrainConfig(**base, k={"medusa": 3})
 
 
+def test_lr_and_steps_per_architecture(setup):
+    cache, draft = setup  # a MEDUSA draft
+    s = settings(lr={"default": 1e-3, "medusa": 3e-3}, steps={"default": 5, "medusa": 2})
+    assert (s.lr_for("eagle3"), s.lr_for("medusa")) == (1e-3, 3e-3)
+    assert (s.steps_for("eagle3", 6), s.steps_for("medusa", 6)) == (5, 2)
+    d = copy.deepcopy(draft)
+    records = train_draft(d, build_loss("kl"), cache, s, seed=0, log=QUIET)
+    # MEDUSA's own budget and peak: warm-up step 0 at peak/1, then cosine to 0 at step 2
+    assert [r["step"] for r in records] == [0, 1]
+    assert records[0]["lr"] == pytest.approx(cosine_lr(0, 2, 1, 3e-3)) and records[0]["lr"] > 0
+    assert make_member("m", d, build_loss("kl"), 0, s, "cpu").opt.param_groups[0]["lr"] == 3e-3
+    for bad in ({"lr": {"medusa": 1e-3}}, {"steps": {"medusa": 3}}):
+        with pytest.raises(ValueError, match="needs a 'default' entry"):
+            settings(**bad)
+    with pytest.raises(ValueError, match="train.lr must be > 0"):
+        settings(lr={"default": 1e-3, "medusa": 0.0})
+
+
 def test_training_on_a_subset_counts_the_response_tokens_it_saw(setup):
     """``sequences`` restricts the batches; ``tokens`` counts their response positions."""
     cache, draft = setup

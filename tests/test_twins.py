@@ -151,7 +151,9 @@ def test_pair_trains_decodes_and_round_trips(target, arch, twins, tmp_path):
     )
     trainable = [p for p in draft.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trainable]
-    opt = torch.optim.AdamW(trainable, lr=CFG.train.lr, betas=tuple(CFG.train.betas))
+    opt = torch.optim.AdamW(
+        trainable, lr=CFG.train.lr_for(draft.arch), betas=tuple(CFG.train.betas)
+    )
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in trainable)

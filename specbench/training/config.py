@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from specbench.schema import Strict
 
@@ -15,12 +15,14 @@ class TrainConfig(Strict):
 
     # K draft positions per anchor: one number, or per architecture with a "default"
     k: int | dict[str, int]
-    # how long: optimizer steps, or epochs over the training sequences (one of the two; per
-    # architecture with a "default", e.g. the paper's 10 epochs and MTP's 1-epoch fine-tune)
-    steps: int | None = Field(None, gt=0)
+    # how long: optimizer steps, or epochs over the training sequences (one of the two; either
+    # per architecture with a "default", e.g. the paper's 10 epochs and MTP's 1-epoch fine-tune)
+    steps: int | dict[str, int] | None = None
     epochs: float | dict[str, float] | None = None
     batch_size: int = Field(gt=0)
-    lr: float = Field(gt=0)
+    # peak learning rate of the cosine schedule: one number, or per architecture with a
+    # "default" (a short run wants a larger one for the cheap heads than for EAGLE-3's layer)
+    lr: float | dict[str, float]
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(ge=0)
@@ -55,14 +57,14 @@ class TrainConfig(Strict):
             raise ValueError("train.k per architecture needs a 'default' entry")
         return v
 
-    @field_validator("epochs")
+    @field_validator("steps", "epochs", "lr")
     @classmethod
-    def _epochs_positive(cls, v: float | dict[str, float] | None) -> Any:
+    def _positive_per_arch(cls, v: Any, info: ValidationInfo) -> Any:
         values = v.values() if isinstance(v, dict) else [] if v is None else [v]
         if any(x <= 0 for x in values):
-            raise ValueError(f"train.epochs must be > 0, got {v}")
+            raise ValueError(f"train.{info.field_name} must be > 0, got {v}")
         if isinstance(v, dict) and "default" not in v:
-            raise ValueError("train.epochs per architecture needs a 'default' entry")
+            raise ValueError(f"train.{info.field_name} per architecture needs a 'default' entry")
         return v
 
     @model_validator(mode="after")
@@ -74,14 +76,17 @@ class TrainConfig(Strict):
     def steps_for(self, arch: str, num_sequences: int) -> int:
         """Optimizer steps of one architecture's drafts on ``num_sequences`` sequences."""
         if self.steps is not None:
-            return self.steps
-        e = self.epochs if not isinstance(self.epochs, dict) else self.epochs.get(arch)
-        e = self.epochs["default"] if e is None else e  # type: ignore[index]
+            return int(per_arch(self.steps, arch))
+        e = per_arch(self.epochs, arch)  # type: ignore[arg-type]
         return max(1, math.ceil(e * num_sequences / self.batch_size))
+
+    def lr_for(self, arch: str) -> float:
+        """Peak learning rate of one architecture's drafts."""
+        return float(per_arch(self.lr, arch))
 
     def k_for(self, arch: str) -> int:
         """K for one architecture (before capping at what it can draft)."""
-        return self.k if isinstance(self.k, int) else self.k.get(arch, self.k["default"])
+        return int(per_arch(self.k, arch))
 
     @model_validator(mode="after")
     def _micro_divides_batch(self) -> TrainConfig:
@@ -91,3 +96,8 @@ class TrainConfig(Strict):
                 f"train.batch_size {self.batch_size}"
             )
         return self
+
+
+def per_arch(value: float | dict[str, Any], arch: str) -> Any:
+    """``value`` itself, or its entry for ``arch`` (else its ``"default"``)."""
+    return value.get(arch, value["default"]) if isinstance(value, dict) else value

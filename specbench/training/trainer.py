@@ -68,6 +68,7 @@ class Member:
     seed: int
     opt: torch.optim.Optimizer
     k: int
+    lr: float  # peak learning rate (train.lr for the draft's architecture)
     records: list[dict] = field(default_factory=list)
     stopped: str | None = None  # why it stopped before the last step (None: it did not)
 
@@ -90,8 +91,9 @@ def make_member(
     """A draft ready to train: on ``device``, in train mode, with AdamW over its trainables."""
     draft.to(device).train()
     params = [p for p in draft.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
-    return Member(name, draft, loss_fn, seed, opt, usable_k(draft, train.k_for(draft.arch)))
+    lr = train.lr_for(draft.arch)
+    opt = torch.optim.AdamW(params, lr=lr, betas=train.betas, weight_decay=train.weight_decay)
+    return Member(name, draft, loss_fn, seed, opt, usable_k(draft, train.k_for(draft.arch)), lr)
 
 
 @torch.no_grad()
@@ -286,7 +288,6 @@ def train_group(
         active = [m for m in members if m.stopped is None]
         if not any_rank(bool(active)):
             break
-        lr = cosine_lr(step, steps, s.warmup_steps, s.lr)
         idx = schedule[step]
         parts = [idx[p * size : (p + 1) * size] for p in range(n_parts)]
         sums: dict[str, tuple[float, Any]] = {m.name: (0.0, 0.0) for m in active}
@@ -310,6 +311,7 @@ def train_group(
                 m.opt.zero_grad(set_to_none=True)  # the step is not taken: last finite weights
                 lines.append(f"  {m.name}: stopped, {m.stopped} (the other drafts go on)")
                 continue
+            lr = cosine_lr(step, steps, s.warmup_steps, m.lr)
             for g in m.opt.param_groups:
                 g["lr"] = lr
             m.opt.step()
@@ -373,8 +375,9 @@ def train_draft(
     device: torch.device | str | None = None,
     sequences: list[int] | None = None,
 ) -> list[dict]:
-    """Train one draft (a group of one) for ``train.steps`` steps; return its train log."""
+    """Train one draft (a group of one) for its ``train.steps``; return its train log."""
     device = torch.device(device) if device is not None else draft.device
     member = make_member(f"seed{seed}", draft, loss_fn, seed, train, device)
-    train_group([member], source, train, train.steps, log, device, sequences)
+    steps = train.steps_for(draft.arch, len(source) if sequences is None else len(sequences))
+    train_group([member], source, train, steps, log, device, sequences)
     return member.records
