@@ -23,6 +23,7 @@ from pydantic import (
 from specbench.data.config import DataConfig, DomainName
 from specbench.data.domains import DOMAINS
 from specbench.data.hub import CompletionsSource
+from specbench.data.splits import eval_split
 from specbench.schema import Strict
 from specbench.training.config import TrainConfig
 
@@ -73,9 +74,20 @@ class EvalConfig(Strict):
     # seeded subset shared by every draft (None: every position)
     unbiased_anchors: int | None = Field(None, gt=0)
     bootstrap: int = Field(2000, gt=0)
+    # the T=1 evaluation caches also hold the target's KV cache over every position, so the
+    # unbiased estimator of each draft reads its prefix instead of prefilling it again (the
+    # same numbers, ~half its time on SmolLM2-135M). Disk: num_layers·2·num_kv_heads·head_dim
+    # values per token in the target's dtype, 4 bytes each in fp32: ~46 KB/token for
+    # SmolLM2-135M (30·2·3·64·4). For small targets, not the paper config.
+    prefix_kv: bool = False
 
     def k_for(self, arch: str) -> int:
         return self.k.get(arch, self.k["default"])
+
+    def prefix_kv_for(self, split: str) -> bool:
+        """Whether the cache of ``split`` holds the prefix KV: the T=1 evaluation split only
+        (the one the unbiased estimator reads), and only with ``prefix_kv``."""
+        return self.prefix_kv and split == eval_split(1)
 
 
 class CurveConfig(Strict):

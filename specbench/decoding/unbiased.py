@@ -22,13 +22,19 @@ teacher-forced ``expected_tau`` conditions step ``k ≥ 2`` on ``x ~ p`` instead
 it by an amount that depends on the draft. ``q`` is zero off the draft vocabulary, so ``p``
 normalised over the full vocabulary and sliced to the draft vocabulary is all it needs.
 
-Cost: the response is prefilled once into a KV cache (``E + 1`` tokens), then the branches
-of ``batch_size`` anchors are scored in one forward against it (``K − 1`` tokens each, a 4D
-tree mask, explicit position ids) and cropped off again: about ``K`` target tokens per
-anchor. ``p_1`` is the cached distribution at ``s + 1``. Random numbers: draft step ``j`` at
-anchor ``s`` samples by inverse CDF with a uniform of a SplitMix stream per
-``(seed, prompt_index, s)`` (as :mod:`.speculative` does per output position), so every
-draft evaluated with the same seed sees the same uniforms at the same place: paired.
+Cost: the branches of ``batch_size`` anchors are scored in one forward against the KV
+cache of the prefix up to the last anchor (``K − 1`` tokens each, a 4D tree mask, explicit
+position ids) and cropped off again: ``K − 1`` target tokens per anchor. ``p_1`` is the
+cached distribution at ``s + 1``. The prefix KV is the target's over the whole sequence,
+cropped (:func:`prefix_cache`): read from the feature cache where its ``kv`` rows were
+stored once for every draft (``eval.prefix_kv``; :func:`sequence_kv` in the features job),
+else prefilled here (the sequence's ``T`` tokens, about half the estimator's time on
+SmolLM2-135M). Both are the same :func:`prefill`, so τ̂ does not depend on which.
+
+Random numbers: draft step ``j`` at anchor ``s`` samples by inverse CDF with a uniform of a
+SplitMix stream per ``(seed, prompt_index, s)`` (as :mod:`.speculative` does per output
+position), so every draft evaluated with the same seed sees the same uniforms at the same
+place: paired.
 
 A mean over all anchors weighs every response position once, live τ weighs the positions
 where rounds happen to start; the two agree on the tiny targets of ``tests/test_unbiased.py``
@@ -62,7 +68,7 @@ class UnbiasedStats:
     prompt_index: int
     anchors: int = 0
     tau_unbiased_sum: float = 0.0
-    target_tokens: int = 0  # tokens through the target: prefill + branches
+    target_tokens: int = 0  # tokens through the target here: prefill (0 if stored), branches
     seconds: float = 0.0
 
 
@@ -128,7 +134,7 @@ def _dtype(model) -> torch.dtype:
 
 @torch.no_grad()
 def prefill(runner: TargetRunner, prefix_ids: torch.Tensor) -> DynamicCache:
-    """KV cache of ``prefix_ids`` [E+1] (a config-less cache keeps every layer's full past)."""
+    """KV cache of ``prefix_ids`` [n] (a config-less cache keeps every layer's full past)."""
     model, dev = runner.model, runner.device
     n = prefix_ids.numel()
     pos = torch.arange(n, device=dev)
@@ -138,6 +144,58 @@ def prefill(runner: TargetRunner, prefix_ids: torch.Tensor) -> DynamicCache:
     model(input_ids=ids, attention_mask=mask, position_ids=pos[None], past_key_values=cache,
           use_cache=True, logits_to_keep=1)  # fmt: skip
     return cache
+
+
+def kv_rows(cache: DynamicCache) -> torch.Tensor:
+    """The layers of a one-sequence cache as per-position rows ``[T, L, 2, H, D]`` (keys
+    after RoPE, as the cache holds them, then values; the cache's dtype and device)."""
+    layers = []
+    for i, layer in enumerate(cache.layers):
+        k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if k is None or v is None or k.shape != v.shape or k.shape[0] != 1:
+            raise ValueError(
+                f"prefix_kv: layer {i} caches keys {None if k is None else tuple(k.shape)}, "
+                f"values {None if v is None else tuple(v.shape)}; rows need one sequence "
+                "of equal key and value shapes (MLA's differ)"
+            )
+        layers.append(torch.stack([k[0], v[0]]))  # [2, H, T, D]
+    if len({x.shape for x in layers}) > 1:
+        raise ValueError("prefix_kv: the layers cache different numbers of heads or dims")
+    return torch.stack(layers).permute(3, 0, 1, 2, 4)  # [L, 2, H, T, D] -> [T, L, 2, H, D]
+
+
+@torch.no_grad()
+def sequence_kv(runner: TargetRunner, ids: torch.Tensor) -> torch.Tensor:
+    """The target's KV cache over a whole sequence ``ids`` [T] as rows ``[T, L, 2, H, D]``:
+    what :func:`prefix_cache` crops when the sequence has no stored rows (one forward)."""
+    return kv_rows(prefill(runner, ids.long()))
+
+
+def cache_from_kv(kv: torch.Tensor, n: int, device: torch.device | str) -> DynamicCache:
+    """A config-less cache (every layer keeps its full past, like :func:`prefill`'s) holding
+    the first ``n`` positions of the rows ``kv`` [T, L, 2, H, D]."""
+    per_layer = kv[:n].to(device).permute(1, 2, 3, 0, 4)  # [L, 2, H, n, D]
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(per_layer):
+        cache.update(k[None], v[None], layer)  # [1, H, n, D] each
+    return cache
+
+
+@torch.no_grad()
+def prefix_cache(runner: TargetRunner, seq: dict, n: int) -> tuple[DynamicCache, int]:
+    """(KV cache of the first ``n`` positions of a cached sequence, target tokens run for it).
+
+    From the sequence's stored ``kv`` rows when the cache has them (no forward), else one
+    :func:`prefill` of the whole sequence cropped to ``n``: the rows are that same prefill
+    (:func:`sequence_kv`), so both caches hold the same numbers. (Prefilling only ``n``
+    tokens would differ in the last bits: the attention kernels block by sequence length.)
+    """
+    if "kv" in seq:
+        return cache_from_kv(seq["kv"], n, runner.device), 0
+    ids = seq["input_ids"]
+    cache = prefill(runner, ids.long())
+    cache.crop(n - cache.get_seq_length())  # a non-positive count: the tokens to remove
+    return cache, ids.numel()
 
 
 @torch.no_grad()
@@ -224,8 +282,7 @@ def sequence_unbiased_tau(
     # step k of anchor s is valid iff x_{s+1+k} is a response token, i.e. loss_mask[s + k]
     pos = anchors[:, None] + torch.arange(1, k + 1)  # [A, K]
     valid = (pos < ids.numel()) & mask[pos.clamp(max=ids.numel() - 1)]
-    cache = prefill(runner, ids[: int(anchors[-1]) + 2]) if k > 1 else None
-    tokens = cache.get_seq_length() if cache is not None else 0
+    cache, tokens = prefix_cache(runner, seq, int(anchors[-1]) + 2) if k > 1 else (None, 0)
     session, done = draft.start_session(), 0
     for a in range(0, anchors.numel(), batch_size):
         chunk = anchors[a : a + batch_size]

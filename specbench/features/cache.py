@@ -6,7 +6,11 @@ Per cached token position ``i`` of a sequence we keep
   next-token log-probabilities normalised over the *full* vocabulary, then sliced, so both
   the original ``p`` (``exp``) and the renormalised ``p̃`` (``softmax``) are exact;
 - ``target_argmax[i]``: the full-vocabulary argmax (T=0 acceptance needs it);
-- ``loss_mask[i]``: the next token ``x_{i+1}`` is a response token.
+- ``loss_mask[i]``: the next token ``x_{i+1}`` is a response token;
+- ``kv[i]`` (T=1 evaluation caches under ``eval.prefix_kv`` only): the target's KV cache
+  entry of position ``i``, ``[num_layers, 2, num_kv_heads, head_dim]`` (keys after RoPE,
+  then values, the target's dtype), from one forward over the whole sequence
+  (:func:`specbench.decoding.unbiased.sequence_kv`).
 Sequences are concatenated; ``offsets`` delimits them. Full-vocabulary float buffers exist
 only for one chunk of positions at a time.
 """
@@ -88,6 +92,10 @@ def concat_caches(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
         raise ValueError("no cache parts to concatenate")
     per_position = ("features", "logprobs", "target_argmax", "input_ids", "loss_mask")
     per_sequence = ("prompt_len", "prompt_index")
+    with_kv = {"kv" in p for p in parts}
+    if len(with_kv) > 1:
+        raise ValueError("cache parts with and without prefix KV rows")
+    per_position += ("kv",) if with_kv == {True} else ()
     out = {k: torch.cat([p[k] for p in parts]) for k in per_position + per_sequence}
     lengths = torch.cat([p["offsets"].diff() for p in parts])
     out["offsets"] = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
@@ -127,9 +135,17 @@ class FeatureCache:
     def num_positions(self) -> int:
         return self.offsets[-1]
 
+    @property
+    def has_kv(self) -> bool:
+        """Whether the cache holds the target's prefix KV rows (``eval.prefix_kv``)."""
+        return "kv" in self.t
+
     def sequence(self, i: int) -> dict[str, torch.Tensor]:
+        """Sequence ``i``'s rows (``[T, ...]`` each; ``kv`` [T, L, 2, H, D] where stored),
+        its ``prompt_len`` and ``prompt_index``."""
         a, b = self.offsets[i], self.offsets[i + 1]
         keys = ("features", "logprobs", "target_argmax", "input_ids", "loss_mask")
+        keys += ("kv",) if self.has_kv else ()
         out = {k: self.t[k][a:b] for k in keys}
         out["prompt_len"] = self.t["prompt_len"][i]
         out["prompt_index"] = self.t["prompt_index"][i]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from specbench.decoding.unbiased import prefill, sequence_kv
 from specbench.features.cache import FeatureCache, PackedSequences, Sequence
 from specbench.targets.runner import TargetRunner
 
@@ -70,6 +71,29 @@ def compute_features(
         "prompt_index": torch.tensor([s.prompt_index for s in sequences], device=out_device),
         "draft_to_target": draft_to_target.to(out_device),
     }
+
+
+@torch.no_grad()
+def compute_prefix_kv(
+    runner: TargetRunner,
+    sequences: list[Sequence],
+    forwards: int | None = None,
+    out_device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The target's KV cache over each whole sequence, rows concatenated: ``[P, L, 2, H, D]``
+    (the cache's ``kv``, ``P`` = the sequences' total length, the target's dtype).
+
+    One forward per sequence, unpadded: :func:`specbench.decoding.unbiased.sequence_kv`, the
+    unbiased estimator's own prefill, so the rows are what it would compute itself.
+    ``forwards``: run that many forwards in all, the extra ones on the first sequence with
+    their result dropped (under ZeRO-3 every rank must run as many as the others).
+    """
+    if forwards is not None and forwards < len(sequences):
+        raise ValueError(f"{len(sequences)} sequences need as many forwards, not {forwards}")
+    rows = [sequence_kv(runner, torch.tensor(s.ids)).to(out_device) for s in sequences]
+    for _ in range(len(sequences), forwards or 0):
+        prefill(runner, torch.tensor(sequences[0].ids))  # lockstep filler, dropped
+    return torch.cat(rows)
 
 
 class OnlineFeatures:

@@ -111,6 +111,12 @@ def eval_vocab(wc):
     return ext.vocab_name if ext else CFG.vocab_for(wc.arch)
 
 
+# settings that change where an input comes from, not what an output holds: left out of the
+# digests (eval.prefix_kv: the unbiased estimator reads the prefix KV from the T=1 cache or
+# prefills it, the same numbers; the T=1 features rule digests it itself)
+DIGEST_EXEMPT = {"eval": ("prefix_kv",)}
+
+
 def config_digest(*sections):
     """Digest of the config sections a rule's output depends on, passed as a param.
 
@@ -121,8 +127,18 @@ def config_digest(*sections):
     import json
 
     dump = CFG.model_dump(mode="json")
+    for section, keys in DIGEST_EXEMPT.items():
+        for key in keys:
+            dump[section].pop(key, None)
     blob = json.dumps([dump.get(s) for s in sections], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def features_eval_digest(wc):
+    """The T=1 caches also hold the target's prefix KV under eval.prefix_kv (the job reads
+    the flag from the config): switching it rewrites those caches, and only those."""
+    kv = ":prefix_kv" if CFG.eval.prefix_kv_for(wc.split) else ""
+    return f'{config_digest("data", "targets")}{kv}'
 
 
 def gpu_resources(wc):

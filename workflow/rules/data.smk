@@ -153,7 +153,7 @@ rule features_eval:
         f"{R}/logs/features/{{target}}/{{vocab}}/{{split}}/{{domain}}.log",
     params:
         model=lambda wc: target_model(wc.target),
-        config_digest=config_digest("data", "targets"),
+        config_digest=features_eval_digest,
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
