@@ -156,7 +156,8 @@ def curve_dirs():
     if CURVE is None:
         raise WorkflowError("the config has no learning_curve section (see configs/default.yaml)")
     target = next(iter(CFG.targets))
-    points = {(s, 1.0) for s in CURVE.steps} | {(CFG.train.steps, f) for f in CURVE.data_fractions}
+    budget = CFG.train.steps_for(CURVE.arch, 0)  # the arch's train.steps
+    points = {(s, 1.0) for s in CURVE.steps} | {(budget, f) for f in CURVE.data_fractions}
     base = f"{R}/curve/{target}/{CURVE.arch}/{loss_slug(CURVE.loss)}/seed{CURVE.seed}"
     return [f"{base}/steps{s}_data{f:g}" for s, f in sorted(points)]
 
