@@ -79,6 +79,10 @@ def tau_table(pp: pd.DataFrame) -> pd.DataFrame:
             draft_params=int(g["draft_params"].iloc[0]),
             cost_ratio=float(g["cost_ratio"].iloc[0]),
         )
+        # share of the held-out response tokens the draft vocabulary can propose at all: a
+        # truncated vocabulary caps α at this (SPEC §3)
+        if "in_vocab" in g:
+            row["vocab_coverage"] = float(g["in_vocab"].sum() / max(row["n_positions"], 1))
         # MBSU (mean block-size utilisation, SPEC §4): τ per unit of verification cost,
         # τ / (K·c + 1) with c = draft FLOPs per step / target FLOPs per token; 1 = target alone
         row["mbsu"] = row["tau_live"] / (k * row["cost_ratio"] + 1)

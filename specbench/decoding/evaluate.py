@@ -33,6 +33,7 @@ class PromptStats:
     prompt_index: int
     anchors: int = 0
     tau_expected_sum: float = 0.0
+    in_vocab: int = 0  # anchors whose next response token (step 1's) is in the draft vocabulary
     unbiased_anchors: int = 0
     tau_unbiased_sum: float = 0.0
     unbiased_seconds: float = 0.0
@@ -78,6 +79,7 @@ def expected_tau_by_prompt(
             s = stats.setdefault(pid, PromptStats(pid))
             s.anchors += int(valid.sum())
             s.tau_expected_sum += float(tau[sl][valid].sum())
+            s.in_vocab += int((st.labels[sl, 0][valid] != -100).sum())
     return stats
 
 
