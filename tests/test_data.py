@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from specbench.config import ConfigError, load_config
+from specbench.data.chat_prompts import chat_prompts
 from specbench.data.domains import DOMAINS, eval_prompts, train_prompts
 from specbench.data.generate import split_at_eos
 from specbench.data.math_problems import word_problems
@@ -50,6 +51,20 @@ def test_math_problems_have_correct_answers_and_disjoint_templates():
     nums = [int(t.strip("$%.")) for t in p.question.split() if t.strip("$%.").isdigit()]
     price, pct, qty = nums
     assert p.answer == price * (100 - pct) // 100 * qty
+
+
+def test_chat_prompts_share_no_six_word_run_with_mt_bench():
+    """The general domain's templated requests are not MT-Bench in other words."""
+
+    def runs(text: str) -> set[tuple[str, ...]]:
+        w = text.lower().split()
+        return {tuple(w[i : i + 6]) for i in range(len(w) - 5)}
+
+    evaluation = set().union(*(runs(q) for q in eval_prompts("general", 80)))
+    train = chat_prompts(2000, 0)
+    assert len(set(train)) == 2000 and train == chat_prompts(2000, 0)
+    assert not any(runs(p) & evaluation for p in train)
+    assert train != chat_prompts(2000, 1)  # the seed picks the stream
 
 
 def test_split_at_eos():

