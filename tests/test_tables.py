@@ -59,6 +59,16 @@ def test_tau_counts_the_bonus_token_and_gains_are_paired():
     assert "+10.0 [+10.0, +10.0]" in gains_markdown(gains)
 
 
+def test_a_gain_over_one_prompt_has_no_ci():
+    """Live T=1 decodes eval.live_prompts per domain: one prompt gives a gain, not a CI."""
+    pp = pd.DataFrame(_per_prompt("kl", [10], [10], [20.0]) + _per_prompt("tv", [15], [10], [22.0]))
+    pp["accepted_plus_rounds"] = pp["accepted_sum"] + pp["rounds"]
+    row = gains_table(pp, "kl", n_boot=50).iloc[0]
+    assert row["tau_live_gain_pct"] == 100 * (25 / 20 - 1) and row["tau_live_n_prompts"] == 1
+    assert pd.isna(row["tau_live_ci_lo"]) and pd.isna(row["tau_live_ci_hi"])
+    assert "+25.0 (1 prompt: no CI)" in gains_markdown(gains_table(pp, "kl", n_boot=50))
+
+
 def test_a_draft_that_stopped_early_is_kept_and_marked():
     """A non-finite loss stops a draft (training/trainer.py): its rows stay, marked."""
     kl = pd.DataFrame(_per_prompt("kl", [10, 12, 8], [10, 10, 10], [20.0, 22.0, 18.0]))

@@ -123,6 +123,9 @@ def gains_table(pp: pd.DataFrame, baseline: str, n_boot: int = 2000) -> pd.DataF
                     m[c].to_numpy(float) for c in (f"{num}_a", f"{den}_a", f"{num}_b", f"{den}_b")
                 )
                 est, lo, hi = paired_ratio_bootstrap(a_num, a_den, b_num, b_den, n_boot, seed=0)
+                n_prompts = int(m["prompt_index"].nunique())
+                if n_prompts < 2:  # resampling one prompt has no spread: no CI, not a 0-wide one
+                    lo = hi = float("nan")
                 per_seed = [
                     100.0
                     * (
@@ -141,7 +144,7 @@ def gains_table(pp: pd.DataFrame, baseline: str, n_boot: int = 2000) -> pd.DataF
                         f"{name}_seed_std": float(np.std(per_seed, ddof=1))
                         if len(per_seed) > 1
                         else float("nan"),
-                        f"{name}_n_prompts": int(m["prompt_index"].nunique()),
+                        f"{name}_n_prompts": n_prompts,
                     }
                 )
             rows.append(row)
@@ -159,6 +162,8 @@ def gains_markdown(gains: pd.DataFrame, note: str = "") -> str:
     def fmt(r, name):
         if pd.isna(r.get(f"{name}_gain_pct", float("nan"))):
             return "–"
+        if pd.isna(r[f"{name}_ci_lo"]):
+            return f"{r[f'{name}_gain_pct']:+.1f} (1 prompt: no CI)"
         return (
             f"{r[f'{name}_gain_pct']:+.1f} [{r[f'{name}_ci_lo']:+.1f}, {r[f'{name}_ci_hi']:+.1f}]"
         )
