@@ -21,10 +21,8 @@ from tiny import tiny_llama
 from specbench.config import load_config
 from specbench.decoding import unbiased
 from specbench.decoding.unbiased import (
-    cache_from_kv,
     response_anchors,
     score_branches,
-    sequence_kv,
     sequence_unbiased_tau,
     unbiased_tau_by_prompt,
 )
@@ -33,6 +31,7 @@ from specbench.features.cache import FeatureCache, Sequence, concat_caches, save
 from specbench.jobs import Job, launch, launcher_command
 from specbench.targets.featurize import compute_features, compute_prefix_kv
 from specbench.targets.info import target_info_from_model
+from specbench.targets.kv import cache_from_kv, sequence_kv
 from specbench.targets.loading import load_target
 from specbench.targets.runner import TargetRunner
 

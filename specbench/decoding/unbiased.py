@@ -27,8 +27,8 @@ cache of the prefix up to the last anchor (``K − 1`` tokens each, a 4D tree ma
 position ids) and cropped off again: ``K − 1`` target tokens per anchor. ``p_1`` is the
 cached distribution at ``s + 1``. The prefix KV is the target's over the whole sequence,
 cropped (:func:`prefix_cache`): read from the feature cache where its ``kv`` rows were
-stored once for every draft (``eval.prefix_kv``; :func:`sequence_kv` in the features job),
-else prefilled here (the sequence's ``T`` tokens, about half the estimator's time on
+stored once for every draft (``eval.prefix_kv``; :mod:`specbench.targets.kv` in the
+features job), else prefilled here (the sequence's ``T`` tokens, about half the estimator's time on
 SmolLM2-135M). Both are the same :func:`prefill`, so τ̂ does not depend on which.
 
 Random numbers: draft step ``j`` at anchor ``s`` samples by inverse CDF with a uniform of a
@@ -52,6 +52,7 @@ import torch
 from transformers import DynamicCache
 
 from specbench.decoding.speculative import position_uniforms, splitmix64
+from specbench.targets.kv import attention_masks, cache_from_kv, model_dtype, prefill
 
 if TYPE_CHECKING:
     from specbench.drafts.base import Draft, SampleFn
@@ -105,90 +106,15 @@ def _crn_sampler(stream: int) -> SampleFn:
     return sample_fn
 
 
-def _masks(config, allowed: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, dtype):
-    """Additive ``[1, 1, Q, KV]`` mask(s) from boolean ``allowed`` [Q, KV].
-
-    transformers returns a 4D ``attention_mask`` as is (eager adds it, so it must be
-    additive; SDPA takes it too). Models with sliding-window layers (gpt-oss) take a dict by
-    layer type; their window ``q − k < w`` is applied here since the mask bypasses it.
-    """
-    impl = getattr(config, "_attn_implementation", "eager")
-    if impl not in ("eager", "sdpa"):
-        raise ValueError(f"branch scoring needs custom 4D masks: eager or sdpa, not {impl!r}")
-
-    def additive(ok: torch.Tensor) -> torch.Tensor:
-        neg = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=ok.device)
-        return torch.where(ok, torch.zeros((), dtype=dtype, device=ok.device), neg)[None, None]
-
-    window = getattr(config, "sliding_window", None)
-    types = set(getattr(config, "layer_types", None) or ())
-    near = (q_pos[:, None] - k_pos[None, :]) < (window or 0)
-    if "sliding_attention" in types and window:
-        return {"full_attention": additive(allowed), "sliding_attention": additive(allowed & near)}
-    return additive(allowed & near if window and not types else allowed)
-
-
-def _dtype(model) -> torch.dtype:
-    return getattr(model, "dtype", None) or next(model.parameters()).dtype
-
-
-@torch.no_grad()
-def prefill(runner: TargetRunner, prefix_ids: torch.Tensor) -> DynamicCache:
-    """KV cache of ``prefix_ids`` [n] (a config-less cache keeps every layer's full past)."""
-    model, dev = runner.model, runner.device
-    n = prefix_ids.numel()
-    pos = torch.arange(n, device=dev)
-    mask = _masks(model.config, pos[None, :] <= pos[:, None], pos, pos, _dtype(model))
-    cache = DynamicCache()
-    ids = prefix_ids.to(dev).view(1, -1)
-    model(input_ids=ids, attention_mask=mask, position_ids=pos[None], past_key_values=cache,
-          use_cache=True, logits_to_keep=1)  # fmt: skip
-    return cache
-
-
-def kv_rows(cache: DynamicCache) -> torch.Tensor:
-    """The layers of a one-sequence cache as per-position rows ``[T, L, 2, H, D]`` (keys
-    after RoPE, as the cache holds them, then values; the cache's dtype and device)."""
-    layers = []
-    for i, layer in enumerate(cache.layers):
-        k, v = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if k is None or v is None or k.shape != v.shape or k.shape[0] != 1:
-            raise ValueError(
-                f"prefix_kv: layer {i} caches keys {None if k is None else tuple(k.shape)}, "
-                f"values {None if v is None else tuple(v.shape)}; rows need one sequence "
-                "of equal key and value shapes (MLA's differ)"
-            )
-        layers.append(torch.stack([k[0], v[0]]))  # [2, H, T, D]
-    if len({x.shape for x in layers}) > 1:
-        raise ValueError("prefix_kv: the layers cache different numbers of heads or dims")
-    return torch.stack(layers).permute(3, 0, 1, 2, 4)  # [L, 2, H, T, D] -> [T, L, 2, H, D]
-
-
-@torch.no_grad()
-def sequence_kv(runner: TargetRunner, ids: torch.Tensor) -> torch.Tensor:
-    """The target's KV cache over a whole sequence ``ids`` [T] as rows ``[T, L, 2, H, D]``:
-    what :func:`prefix_cache` crops when the sequence has no stored rows (one forward)."""
-    return kv_rows(prefill(runner, ids.long()))
-
-
-def cache_from_kv(kv: torch.Tensor, n: int, device: torch.device | str) -> DynamicCache:
-    """A config-less cache (every layer keeps its full past, like :func:`prefill`'s) holding
-    the first ``n`` positions of the rows ``kv`` [T, L, 2, H, D]."""
-    per_layer = kv[:n].to(device).permute(1, 2, 3, 0, 4)  # [L, 2, H, n, D]
-    cache = DynamicCache()
-    for layer, (k, v) in enumerate(per_layer):
-        cache.update(k[None], v[None], layer)  # [1, H, n, D] each
-    return cache
-
-
 @torch.no_grad()
 def prefix_cache(runner: TargetRunner, seq: dict, n: int) -> tuple[DynamicCache, int]:
     """(KV cache of the first ``n`` positions of a cached sequence, target tokens run for it).
 
     From the sequence's stored ``kv`` rows when the cache has them (no forward), else one
     :func:`prefill` of the whole sequence cropped to ``n``: the rows are that same prefill
-    (:func:`sequence_kv`), so both caches hold the same numbers. (Prefilling only ``n``
-    tokens would differ in the last bits: the attention kernels block by sequence length.)
+    (``specbench.targets.kv.sequence_kv``), so both caches hold the same numbers.
+    (Prefilling only ``n`` tokens would differ in the last bits: the attention kernels block
+    by sequence length.)
     """
     if "kv" in seq:
         return cache_from_kv(seq["kv"], n, runner.device), 0
@@ -224,7 +150,9 @@ def score_branches(
     pre = torch.arange(n_pre, device=dev)
     own = (anc[:, None] == anc[None, :]) & (step[None, :] <= step[:, None])  # [n, n]
     allowed = torch.cat([pre[None, :] <= anc[:, None] + 1, own], dim=1)  # [n, n_pre + n]
-    mask = _masks(model.config, allowed, q_pos, torch.cat([pre, q_pos]), _dtype(model))
+    mask = attention_masks(
+        model.config, allowed, q_pos, torch.cat([pre, q_pos]), model_dtype(model)
+    )
     out = model(
         input_ids=branch_ids.to(dev).reshape(1, -1),
         attention_mask=mask,

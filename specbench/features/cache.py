@@ -10,7 +10,7 @@ Per cached token position ``i`` of a sequence we keep
 - ``kv[i]`` (T=1 evaluation caches under ``eval.prefix_kv`` only): the target's KV cache
   entry of position ``i``, ``[num_layers, 2, num_kv_heads, head_dim]`` (keys after RoPE,
   then values, the target's dtype), from one forward over the whole sequence
-  (:func:`specbench.decoding.unbiased.sequence_kv`).
+  (:func:`specbench.targets.kv.sequence_kv`).
 Sequences are concatenated; ``offsets`` delimits them. Full-vocabulary float buffers exist
 only for one chunk of positions at a time.
 """

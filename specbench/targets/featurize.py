@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from specbench.decoding.unbiased import prefill, sequence_kv
 from specbench.features.cache import FeatureCache, PackedSequences, Sequence
+from specbench.targets.kv import prefill, sequence_kv
 from specbench.targets.runner import TargetRunner
 
 
@@ -83,7 +83,7 @@ def compute_prefix_kv(
     """The target's KV cache over each whole sequence, rows concatenated: ``[P, L, 2, H, D]``
     (the cache's ``kv``, ``P`` = the sequences' total length, the target's dtype).
 
-    One forward per sequence, unpadded: :func:`specbench.decoding.unbiased.sequence_kv`, the
+    One forward per sequence, unpadded: :func:`specbench.targets.kv.sequence_kv`, the
     unbiased estimator's own prefill, so the rows are what it would compute itself.
     ``forwards``: run that many forwards in all, the extra ones on the first sequence with
     their result dropped (under ZeRO-3 every rank must run as many as the others).
