@@ -1,4 +1,5 @@
-"""Fixtures shared by test modules: `datasets` offline, one local smoke run per session."""
+"""Fixtures shared by test modules: `datasets` offline, one local smoke run per session, one
+torch thread for the modules of tiny models."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from repo_copy import copy_repo
 
 
@@ -46,3 +48,13 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     return datasets
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    its models are tiny, so per-op threading overhead dominates and 2 busy cores thrash."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,7 @@ V = 16  # target vocabulary: small enough to enumerate two-token continuations e
 PROMPT = torch.tensor([3, 7, 1, 12])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # these models are tiny: per-op threading overhead dominates, and 2 busy cores thrash
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 class MemoPrefillRunner(TargetRunner):

@@ -39,12 +39,7 @@ V, K = 32, 4  # target vocabulary, draft steps
 LAYERS, HIDDEN, HEADS, KV_HEADS = 2, 32, 4, 2  # tiny_llama's attention: head_dim 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threading overhead dominates on shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def random_sequences(n: int, seed: int) -> list[Sequence]:

@@ -32,12 +32,7 @@ except ImportError:
 V, K, R, N_PROMPTS = 32, 3, 24, 64  # target vocab, draft steps, response tokens, prompts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threading overhead dominates on shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def test_unbiased_tau_by_hand():
