@@ -25,7 +25,7 @@ from specbench.data.domains import DOMAINS
 from specbench.data.hub import CompletionsSource
 from specbench.data.splits import eval_split
 from specbench.schema import Strict
-from specbench.training.config import TrainConfig
+from specbench.training.config import TrainConfig, per_arch
 
 GGUF_PREFIX = "gguf:"
 
@@ -57,9 +57,7 @@ class TargetConfig(Strict):
 
     def group_size_for(self, arch: str) -> int | None:
         """Drafts per online group job of ``arch`` (None: the whole matrix row)."""
-        if isinstance(self.group_size, dict):
-            return self.group_size.get(arch, self.group_size["default"])
-        return self.group_size
+        return per_arch(self.group_size, arch)
 
     @property
     def is_gguf(self) -> bool:
@@ -82,7 +80,7 @@ class EvalConfig(Strict):
     prefix_kv: bool = False
 
     def k_for(self, arch: str) -> int:
-        return self.k.get(arch, self.k["default"])
+        return int(per_arch(self.k, arch))
 
     def prefix_kv_for(self, split: str) -> bool:
         """Whether the cache of ``split`` holds the prefix KV: the T=1 evaluation split only

@@ -28,8 +28,9 @@ position ids) and cropped off again: ``K − 1`` target tokens per anchor. ``p_1
 cached distribution at ``s + 1``. The prefix KV is the target's over the whole sequence,
 cropped (:func:`prefix_cache`): read from the feature cache where its ``kv`` rows were
 stored once for every draft (``eval.prefix_kv``; :mod:`specbench.targets.kv` in the
-features job), else prefilled here (the sequence's ``T`` tokens, about half the estimator's time on
-SmolLM2-135M). Both are the same :func:`prefill`, so τ̂ does not depend on which.
+features job), else prefilled here (the sequence's ``T`` tokens, about half the
+estimator's time on SmolLM2-135M). Both are the same :func:`prefill`, so τ̂ does not depend
+on which.
 
 Random numbers: draft step ``j`` at anchor ``s`` samples by inverse CDF with a uniform of a
 SplitMix stream per ``(seed, prompt_index, s)`` (as :mod:`.speculative` does per output
