@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from specbench.config import load_config
+from specbench.data.splits import eval_split
 from specbench.decoding.evaluate import expected_tau_by_prompt, live_tau_by_prompt
 from specbench.drafts import load_draft
 from specbench.drafts.align import usable_k
@@ -30,17 +31,16 @@ from specbench.targets.loading import load_tokenizer
 from specbench.training.recipe import train_cell
 
 
-def measure(draft, caches: Path, domains: list[str], k: int, new_tokens: int, eos) -> dict:
-    """Mean over domains of the T=0 replay τ and the T=1 teacher-forced expected τ."""
+def measure(draft, caches: dict[str, tuple], k: int, new_tokens: int, eos) -> dict:
+    """Mean over domains of the T=0 replay τ and the T=1 teacher-forced expected τ;
+    ``caches``: domain -> (T=0 cache, T=1 cache)."""
     t0, t1 = [], []
-    for domain in domains:
-        greedy = FeatureCache(caches / "eval_t0" / f"{domain}.safetensors")
+    for greedy, sampled in caches.values():
         rep = live_tau_by_prompt(
             draft, greedy, len(greedy), k, 0.0, new_tokens, 0, eos_token_id=eos
         )
         rounds = sum(s.rounds for s in rep.values())
         t0.append(1 + sum(s.accepted_sum for s in rep.values()) / rounds)
-        sampled = FeatureCache(caches / "eval_t1" / f"{domain}.safetensors")
         exp = expected_tau_by_prompt(draft, sampled, k, 1.0)
         t1.append(
             sum(s.tau_expected_sum for s in exp.values()) / sum(s.anchors for s in exp.values())
@@ -65,6 +65,14 @@ def main() -> None:
     model = Path(args.results) / "targets" / target
     caches = Path(args.results) / "features" / target / cfg.vocab_for(args.arch)
     eos = load_tokenizer(str(model)).eos_token_id
+    held_out = {  # read once: every point is measured on the same caches
+        d: tuple(
+            FeatureCache(caches / split / f"{d}.safetensors")
+            for split in (eval_split(0), eval_split(1))
+        )
+        for d in cfg.domains
+    }
+    info = target_info_from_checkpoint(str(model), held_out[cfg.domains[0]][0].draft_to_target)
     rows = []
     for steps in args.steps:
         for lr in args.lr:
@@ -76,11 +84,9 @@ def main() -> None:
                 train_cell(caches / "train.safetensors", str(model), args.arch, hp, args.loss,
                            seed, train, out, log=lambda *a: None)  # fmt: skip
                 secs = time.time() - t
-                first = FeatureCache(caches / "eval_t0" / f"{cfg.domains[0]}.safetensors")
-                info = target_info_from_checkpoint(str(model), first.draft_to_target)
                 draft = load_draft(out, info).eval()
                 k = usable_k(draft, cfg.eval.k_for(args.arch))
-                tau = measure(draft, caches, cfg.domains, k, cfg.eval.live_new_tokens, eos)
+                tau = measure(draft, held_out, k, cfg.eval.live_new_tokens, eos)
                 row = {"arch": args.arch, "lr": lr, "steps": steps, "seed": seed, **tau}
                 rows.append({**row, "train_s": round(secs)})
                 print(rows[-1], flush=True)
