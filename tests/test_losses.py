@@ -429,34 +429,57 @@ def test_low_precision_inputs_are_computed_in_float32(dtype, base):
     assert g.dtype == dtype and torch.isfinite(g.float()).all()
 
 
-# --- data parallel: ᾱ is averaged across ranks ---------------------------------------
+# --- data parallel: ᾱ is averaged across the ranks of one draft's group --------------
 
 DP_ROWS = [slice(0, 1), slice(1, 4)]  # unequal shares: weighted by counts
 DP_SPECS = ["lk_lambda(eta=3)", "lk_alpha(reduce=batch)", "lk_alpha(reduce=batch,eps=0)"]
+DP_SPECS_LOCAL = [*DP_SPECS, "tvdpp"]  # every pooling loss, each with no group
 
 
 def _dp_worker(rank: int, path: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    """Three gloo ranks: 0 and 1 replicate one draft (its group), 2 holds another alone."""
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=3)
+    replicas = dist.new_group([0, 1])  # every rank creates every group (gloo's rule)
     z, t, mask, _ = inputs(n=4, k=2, v=6, seed=0)
     mask[2, 1] = False  # position 1 has no valid row on rank 0, two on rank 1
-    rows = DP_ROWS[rank]
     result = {}
-    for spec in DP_SPECS:
+    if rank < 2:
+        rows = DP_ROWS[rank]
+        for spec in DP_SPECS:
+            zr = z[rows].detach().requires_grad_()
+            loss = run(spec, zr, t[rows], mask[rows], group=replicas)
+            (g,) = torch.autograd.grad(loss, zr)
+            result[spec] = (loss.detach(), g)
+    for spec in DP_SPECS_LOCAL:  # no group: this rank's rows alone, no collective call
+        rows = DP_ROWS[rank] if rank < 2 else slice(0, 4)
         zr = z[rows].detach().requires_grad_()
         loss = run(spec, zr, t[rows], mask[rows])
         (g,) = torch.autograd.grad(loss, zr)
-        result[spec] = (loss.detach(), g)
+        result[f"local {spec}"] = (loss.detach(), g)
     torch.save(result, f"{out}.{rank}")
     dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def dp_results():
-    """Per rank ``{spec: (loss, ∂loss/∂this rank's logits)}`` from two gloo ranks."""
+    """Per rank ``{spec: (loss, ∂loss/∂this rank's logits)}`` from three gloo ranks."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "loss")
-        mp.spawn(_dp_worker, args=(os.path.join(tmp, "store"), out), nprocs=2)
-        return [torch.load(f"{out}.{r}") for r in range(2)]
+        mp.spawn(_dp_worker, args=(os.path.join(tmp, "store"), out), nprocs=3)
+        return [torch.load(f"{out}.{r}") for r in range(3)]
+
+
+@pytest.mark.parametrize("spec", DP_SPECS_LOCAL)
+def test_a_loss_without_a_group_pools_nothing_under_torch_distributed(dp_results, spec):
+    """With a process group up but no group given, every rank's loss and gradient are
+    those of its own rows in one process: drafts spread over ranks never pool (issue 18)."""
+    z, t, mask, _ = dp_inputs()
+    for r, rows in enumerate([*DP_ROWS, slice(0, 4)]):
+        zr = z[rows].detach().requires_grad_()
+        want = run(spec, zr, t[rows], mask[rows])
+        (g_want,) = torch.autograd.grad(want, zr)
+        loss, g = dp_results[r][f"local {spec}"]
+        assert torch.equal(loss, want.detach()) and torch.equal(g, g_want), (r, spec)
 
 
 def dp_inputs():

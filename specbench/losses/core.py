@@ -9,6 +9,7 @@ valid rows of that position (0 if there are none); ``w_k`` is the head decay ``�
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,7 @@ class Rows:
     pg_s: Tensor | None = None
     logq_y: Tensor | None = None
     greedy_ok: Tensor | None = None  # [N, K] bool: argmax draft token == label
+    group: Any = None  # the ranks batch statistics pool over (None: these rows alone)
 
     @property
     def count(self) -> Tensor:
@@ -69,33 +71,37 @@ def position_mean(values: Tensor, weight: Tensor, count: Tensor) -> Tensor:
     return (weight * values).sum(0) / count.clamp_min(1)
 
 
-def allreduce_sum(x: Tensor) -> Tensor:
-    """Sum over data-parallel ranks (identity without ``torch.distributed``); no gradient."""
-    if dist.is_available() and dist.is_initialized():
+def allreduce_sum(x: Tensor, group: Any = None) -> Tensor:
+    """``Σ`` of ``x`` over the ranks of ``group``; ``x`` itself when ``group`` is None.
+
+    No gradient. ``group`` is a process group of ranks that replicate *one* draft (data
+    parallel), never the default group by accident: drafts spread over ranks must not pool.
+    """
+    if group is not None:
         x = x.detach().clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
     return x
 
 
-def world_size() -> int:
-    """Number of data-parallel ranks (1 without ``torch.distributed``)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+def world_size(group: Any = None) -> int:
+    """Number of ranks in ``group`` (1 for None: these rows alone)."""
+    return 1 if group is None else dist.get_world_size(group)
 
 
-def allreduce_sum_grad(x: Tensor) -> Tensor:
+def allreduce_sum_grad(x: Tensor, group: Any = None) -> Tensor:
     """``Σ_ranks x`` whose gradient w.r.t. this rank's ``x`` is ``W·∂`` (``W`` ranks).
 
     DDP averages gradients over the ``W`` ranks, so the averaged gradient is exactly that of
     a function of the global sum: ``value = Σ_r x_r``, ``∂value/∂x_this = W`` (1 alone).
     """
-    return allreduce_sum(x.detach()) + world_size() * (x - x.detach())
+    return allreduce_sum(x.detach(), group) + world_size(group) * (x - x.detach())
 
 
-def global_position_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Detached masked mean over rows per position ``[K]``, pooled across ranks by count."""
+def global_position_mean(values: Tensor, mask: Tensor, group: Any = None) -> Tensor:
+    """Detached masked mean over rows per position ``[K]``, pooled over ``group`` by count."""
     w = mask.to(values.dtype)
     sums = torch.stack([(w * torch.where(mask, values, 0).detach()).sum(0), w.sum(0)])
-    sums = allreduce_sum(sums)
+    sums = allreduce_sum(sums, group)
     return sums[0] / sums[1].clamp_min(1)
 
 
@@ -112,6 +118,7 @@ class LossFn:
     terms: list[Resolved]
     request: Request
     chunk_rows: int | None = None
+    group: Any = None  # data-parallel ranks of this one draft that pool statistics (or None)
 
     @property
     def needs_labels(self) -> bool:
@@ -134,7 +141,7 @@ class LossFn:
         flat = row_stats(z.reshape(n * k, v), t.reshape(n * k, v), y, self.request, self.chunk_rows)
         label_ok = mask & (labels >= 0) if labels is not None else torch.zeros_like(mask)
         stats = {a: torch.where(mask, s.view(n, k), MASKED[a]) for a, s in flat.items()}
-        rows = Rows(mask=mask, label_ok=label_ok, **stats)
+        rows = Rows(mask=mask, label_ok=label_ok, group=self.group, **stats)
         if self.request.greedy:
             rows.greedy_ok = label_ok & (z.detach().argmax(-1) == labels)
         dtype = rows.dtype
@@ -181,15 +188,19 @@ def _check_inputs(fn: LossFn, z: Tensor, t: Tensor, mask: Tensor, labels: Tensor
     return z.reshape(-1, k, v), t.reshape(-1, k, v), mask.reshape(-1, k), labels
 
 
-def build(spec: str, *, chunk_rows: int | None = None) -> LossFn:
+def build(spec: str, *, chunk_rows: int | None = None, group: Any = None) -> LossFn:
     """Build the loss named by ``spec`` (e.g. ``"lk_lambda(eta=10)"``, ``"ce+decay+focal"``).
 
     ``chunk_rows``: rows (token × position) per chunk of full-vocabulary work; default
-    ``$SPECBENCH_LOSS_CHUNK_ROWS`` or ``2^20 // V``. Unknown names or parameters raise a
-    ``ValueError`` that lists the valid ones.
+    ``$SPECBENCH_LOSS_CHUNK_ROWS`` or ``2^20 // V``. ``group``: the process group of ranks
+    that hold replicas of this one draft, each on its own rows (data parallel); the batch
+    statistics (LK^λ's ᾱ, TVD++'s μ, ``lk_alpha(reduce=batch)``'s ᾱ) pool over it. None
+    (the default, and what a draft trained on its own rank needs, however many ranks the
+    job has) pools over this call's rows only, and makes no collective call. Unknown names
+    or parameters raise a ``ValueError`` that lists the valid ones.
     """
     terms = resolve(spec)
     request = Request()
     for term in terms:
         request = request | term.loss.needs(term.params)
-    return LossFn(canonical(spec), terms, request, chunk_rows)
+    return LossFn(canonical(spec), terms, request, chunk_rows, group)

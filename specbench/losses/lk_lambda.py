@@ -25,13 +25,14 @@ def lk_lambda(
     """``L^λ = λ·KL(p̃‖q) + (1 − λ)(1 − α)`` with no gradient through ``λ``.
 
     ``λ = exp(−η·ᾱ_k)``, ``ᾱ_k`` the masked mean α of position ``k`` over batch × sequence,
-    averaged across data-parallel ranks (``lambda_scope=position``); or per token
-    ``λ = exp(−η·α)`` (``lambda_scope=token``); or a constant (``fixed=0.5``).
+    pooled over the loss's data-parallel ``group`` if it has one (``lambda_scope=position``);
+    or per token ``λ = exp(−η·α)`` (``lambda_scope=token``); or a constant (``fixed=0.5``).
     """
     if fixed is not None:
         lam = torch.full_like(rows.alpha, fixed)
     elif lambda_scope == "position":
-        lam = torch.exp(-eta * global_position_mean(rows.alpha, rows.mask)).expand_as(rows.alpha)
+        mean_alpha = global_position_mean(rows.alpha, rows.mask, rows.group)  # [K]
+        lam = torch.exp(-eta * mean_alpha).expand_as(rows.alpha)
     else:
         lam = torch.exp(-eta * rows.alpha.detach())
     per_row = lam * rows.kl + (1 - lam) * (1 - rows.alpha)

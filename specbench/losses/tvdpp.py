@@ -24,8 +24,9 @@ def tvdpp(
     ``r̂ = (r − μ)/max(σ, eps)``.
 
     ``μ``, ``σ`` are the mean and standard deviation of the reward: over ``v ∼ q`` and all
-    valid rows of the position, across ranks (``scope=position``, the batch normalisation of
-    policy-gradient practice: ``μ = mean_n S_n``, ``σ² = μ(1 − μ)``), or per row
+    valid rows of the position, pooled over the loss's data-parallel ``group`` if it has one
+    (``scope=position``, the batch normalisation of policy-gradient practice:
+    ``μ = mean_n S_n``, ``σ² = μ(1 − μ)``), or per row
     (``scope=token``: ``μ = S``, ``σ² = S(1 − S)``), with ``S = E_q[r]``.
 
     The expectation over ``q`` is exact (a sum over the vocabulary), so the baseline ``μ``
@@ -33,7 +34,7 @@ def tvdpp(
     ``−(Σ q r log q − μ Σ q log q)/σ``. Only the gradient is meaningful (it is a surrogate).
     """
     s = rows.pg_s.detach()
-    mu = global_position_mean(s, rows.mask).expand_as(s) if scope == "position" else s
+    mu = global_position_mean(s, rows.mask, rows.group).expand_as(s) if scope == "position" else s
     sigma = (mu * (1 - mu)).clamp_min(0).sqrt().clamp_min(eps)
     per_row = -(rows.pg_r - mu * rows.pg_1) / sigma
     return position_mean(per_row, weight, rows.count)

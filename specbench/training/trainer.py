@@ -24,6 +24,26 @@ them:
 
 The trainer aligns each anchor and draft step with the target's distribution and token
 (:func:`specbench.drafts.align.align`), then hands ``[N, K, V]`` tensors to the loss.
+
+The collective order
+--------------------
+On N ranks every collective must be made by every rank, in the same order, or the job hangs
+until the process group's timeout. This is the whole list, in the order :func:`train_group`
+makes them (``tests/test_ranks.py`` runs groups on 2 and 3 ranks under a hard timeout):
+
+1. once: the drafts' names (``all_gather_object``), for the checkpoint's fingerprint;
+2. per step: whether any rank still has a draft training (``all_gather_object``);
+3. per N micro-batches (online source only; a cache is read by each rank for itself): one
+   target forward on every rank (ZeRO-3 all-gathers each layer's
+   parameters: the same sequence everywhere, as every rank runs the same model once), then
+   for each source rank in turn, the ``[B, L]`` shape and the 7 batch tensors
+   (``broadcast``); ranks then step their own drafts, **with no collective**: a loss that
+   pools a batch statistic (LK^λ's ᾱ, TVD++'s μ, ``lk_alpha(reduce=batch)``) pools it over
+   its own draft's micro-batch, exactly as alone (it is built without a process group,
+   :func:`specbench.losses.build`), however the pooling losses are spread over the ranks;
+4. per step: the log lines (``all_gather_object``);
+5. per checkpoint: ``barrier``, rank 0 records the step, ``barrier``; and once more after
+   the last step; then, in the recipe, one ``barrier`` once every rank has written its drafts.
 """
 
 from __future__ import annotations
@@ -120,7 +140,7 @@ def micro_step(
 
     ``share`` is the micro-batch's fraction of the step's batch, so the accumulated gradient
     is the mean of the micro-batch gradients. Per-position means and batch statistics
-    (LK^λ's ᾱ, TVD++'s μ) are then taken per micro-batch, as across data-parallel ranks.
+    (LK^λ's ᾱ, TVD++'s μ) are then taken per micro-batch, never across ranks.
     ``drop_out_of_vocab``: leave out of the loss the rows whose target argmax has no draft
     id (``train.out_of_vocab: drop``, SpecForge's choice); by default they stay.
     ``autocast``: run the draft's forward under ``torch.autocast`` in that dtype.
