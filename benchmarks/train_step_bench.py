@@ -1,4 +1,4 @@
-"""One draft training step in fp32 vs bf16 autocast on this CPU (issue 9's bf16 lever).
+"""One draft training step in fp32 vs bf16 autocast on this CPU, and what ``auto`` picks here.
 
     python -m benchmarks.train_step_bench [--arch eagle3] [--repeats 5] [--threads 1]
 
@@ -24,6 +24,7 @@ from specbench.drafts.align import align
 from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
 from specbench.targets.info import target_info_from_model
+from specbench.training.precision import choose_precision
 
 HPARAMS = {"eagle3": {"intermediate_size": 512, "train_anchors": 16}, "medusa": {}}
 
@@ -78,6 +79,7 @@ def main() -> None:
     print(f"{args.arch}, {args.threads} thread(s), {args.repeats} repeats")
     print(f"fp32 step {statistics.median(fp32):.3f} s | bf16 autocast step "
           f"{statistics.median(bf16):.3f} s | bf16/fp32 {ratio:.2f}")  # fmt: skip
+    print(f"train.autocast: auto on this machine -> {choose_precision('auto', 'cpu')}")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ class TrainConfig(Strict):
     # training positions whose target argmax is outside the draft vocabulary: "keep" them
     # (their low α weighs on −log α) or "drop" them from the loss, as SpecForge does
     out_of_vocab: Literal["keep", "drop"] = "keep"
-    # the draft's forward under torch.autocast (the losses compute in fp32 either way);
-    # bf16 trains an EAGLE-3 step in 0.61x the fp32 time on an AVX512-BF16 CPU
-    # (benchmarks/train_step_bench.py)
-    autocast: Literal["none", "bfloat16"] = "none"
+    # the draft's forward under torch.autocast (the losses compute in fp32 either way):
+    # "auto" takes bf16 where the device computes it natively (CUDA >= 8.0, AVX512-BF16 or
+    # AMX CPUs) and fp32 elsewhere, with TF32 matmuls on CUDA (specbench.training.precision);
+    # an EAGLE-3 step under bf16 takes 0.61x fp32's time on an AVX512-BF16 CPU and 12.4x on
+    # an AVX2-only one (benchmarks/train_step_bench.py). "bfloat16" and "none" force a choice
+    autocast: Literal["auto", "bfloat16", "none"] = "auto"
     # the batch order (epochs of seeded permutations): one stream shared by every loss and
     # seed, so drafts are paired by construction (the draft's seed drives its init and draws)
     data_seed: int = 0

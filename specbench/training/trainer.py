@@ -65,6 +65,7 @@ from specbench.drafts.base import Draft
 from specbench.features.vocab import target_to_draft_map
 from specbench.io import atomic_write_text, progress, tmp_path_for
 from specbench.training.config import TrainConfig
+from specbench.training.precision import choose_precision
 from specbench.training.schedule import BatchSchedule, cosine_lr, micro_generator
 
 
@@ -295,7 +296,9 @@ def train_group(
         target_to_draft_map(vocab, members[0].draft.info.vocab_size).to(device) if members else None
     )
     response_tokens = source.response_tokens()
-    autocast = None if s.autocast == "none" else getattr(torch, s.autocast)
+    precision = choose_precision(s.autocast, device)
+    log(str(precision))
+    autocast = precision.dtype
     names = gather_lists([m.name for m in members])
     ckpt = (
         Checkpoint(checkpoint, {"drafts": sorted(names), "steps": steps, "pool": len(pool)})
