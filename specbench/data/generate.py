@@ -123,3 +123,11 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """The rows of a JSON-lines file, one at a time (a large file never sits in memory)."""
+    with open(path) as lines:
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
