@@ -46,7 +46,7 @@ def test_200k_responses_are_counted_in_bounded_memory(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "responses.jsonl"
     with path.open("w") as f:
-        for block in range(20):
+        for _ in range(20):
             ids = np.minimum(rng.zipf(1.3, size=(10_000, 30)), 49_152) - 1
             f.writelines(json.dumps({"response_ids": row}) + "\n" for row in ids.tolist())
     tracemalloc.start()
@@ -55,7 +55,8 @@ def test_200k_responses_are_counted_in_bounded_memory(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    print(f"200k responses, {payload['train_response_tokens']:,} tokens: peak {peak / 2**20:.1f} MiB")
+    tokens = payload["train_response_tokens"]
+    print(f"200k responses, {tokens:,} tokens: peak {peak / 2**20:.1f} MiB")
     assert payload["train_response_tokens"] == 6_000_000 and payload["size"] == 2048
     assert 0.5 < payload["coverage"] < 1
     assert peak < 64 * 2**20
