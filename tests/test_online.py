@@ -8,7 +8,8 @@ tv/seed1, lk_alpha/seed0; ``tests/groups.py``). Checked:
   width, so they differ from the online ones in the last float bits);
 * the target runs once per micro-batch, not once per micro-batch and draft;
 * a group job killed (SIGKILL) mid-way, or after training but before writing its drafts,
-  resumes from its checkpoint to the very same drafts.
+  or sent SIGTERM / SIGUSR1 mid-step (it checkpoints and exits non-zero), resumes from its
+  checkpoint to the very same drafts.
 
 Groups on 2 and 3 ZeRO-3 ranks are ``tests/test_ranks.py``.
 """
@@ -148,21 +149,45 @@ run_stage(Job.load(sys.argv[1]))
 """
 
 
-@pytest.mark.parametrize(("kill_after", "resume_at"), [(2, 4), (3, 6)])
-def test_a_killed_group_job_resumes_to_the_same_drafts(
-    data, one_process, tmp_path, capfd, kill_after, resume_at
+SIGNALLER = """
+import os, signal, sys
+from specbench.training.trainer import Checkpoint
+from specbench.jobs.__main__ import main
+
+save = Checkpoint.save
+def save_then_signal(self, step, *args, **kwargs):
+    save(self, step, *args, **kwargs)
+    if step == 2:  # mid-step 3: the trainer finishes it, then checkpoints at 3 and stops
+        os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+Checkpoint.save = save_then_signal
+main([sys.argv[1]])  # what each rank of a launched job runs
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "resume_at", "code"),
+    [("kill_after_2", 4, -9), ("kill_after_3", 6, -9), ("SIGTERM", 3, 143), ("SIGUSR1", 3, 138)],
+)
+def test_a_killed_or_signalled_group_job_resumes_to_the_same_drafts(
+    data, one_process, tmp_path, capfd, how, resume_at, code
 ):
-    """Killed after its 2nd checkpoint (step 4 of 6), or after training but before writing
-    the drafts (the final checkpoint): the rerun resumes there and redoes no finished step."""
+    """Killed (SIGKILL) after its 2nd checkpoint (step 4 of 6), or after training but before
+    writing the drafts (the final checkpoint); or sent SIGTERM / SIGUSR1 during step 3, as a
+    scheduler warns a job before its time limit: it checkpoints at the end of that step and
+    exits 128 + the signal. The rerun resumes there and redoes no finished step."""
     job = group_job(data, tmp_path, RUNS)
     job.save(tmp_path / "job.json")
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLER, str(tmp_path / "job.json"), str(kill_after)],
+    script, arg = (KILLER, how[-1]) if how.startswith("kill") else (SIGNALLER, how)
+    stopped = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "job.json"), arg],
         env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert stopped.returncode == code, stopped.stderr[-3000:]
+    if code != -9:
+        said = f"preempted: stopped by {how} after step 3 (checkpoint written)"
+        assert said in stopped.stdout and "Traceback" not in stopped.stderr, stopped.stdout[-2000:]
     assert json.loads((tmp_path / "ckpt" / "step").read_text())["step"] == resume_at
-    assert not list((tmp_path / "group").rglob("model.safetensors")), "killed before any draft"
+    assert not list((tmp_path / "group").rglob("model.safetensors")), "stopped before any draft"
     capfd.readouterr()
     launch(job)
     log = capfd.readouterr().out

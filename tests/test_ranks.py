@@ -13,12 +13,16 @@ ranks, each launch under a hard timeout, against the same drafts in one process,
 * issue 22's two groups: ``lk_lambda`` seeds 0 and 1, and ``{kl, lk_lambda}``, on 2 ranks.
 
 And the guard: a job built to hang in a collective fails within its timeout plus a few
-seconds, leaving no process behind.
+seconds, leaving no process behind. And preemption on ranks: SIGTERM to every process of a
+2-rank group job checkpoints it, and the rerun resumes to the uninterrupted drafts.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from groups import drafts, folder_of, group_data, group_job, max_diff
-from ranks import ROOT, ZERO3_MARKS, run_group, tagged
+from ranks import ROOT, TAG_VAR, ZERO3_MARKS, clean_env, kill_tagged, run_group, tagged
 
 from specbench.jobs import launch, launcher_command
 from specbench.losses import LOSSES
@@ -110,6 +114,57 @@ def test_drafts_spread_over_ranks_equal_the_same_drafts_in_one_process(
         for loss, seed in runs:  # the records say every step trained
             folder = tmp_path / name / "group" / folder_of(loss, seed)
             assert json.loads((folder / "train_status.json").read_text())["status"] == "complete"
+
+
+LAUNCH = """
+import sys
+from specbench.jobs import Job, exit_on_preemption, launch
+with exit_on_preemption():  # what the rule script runs (run_rule)
+    launch(Job.load(sys.argv[1]))
+"""
+
+
+@ZERO3_MARKS[0]
+@ZERO3_MARKS[1]
+def test_sigterm_to_every_process_of_a_2_rank_job_checkpoints_and_it_resumes(data, tmp_path):
+    """SIGTERM to the rule's process, torchrun and both ranks at once (what SLURM's
+    ``--signal=TERM@600`` or a preemption does): the launcher waits instead of killing the
+    ranks, they finish the step, write the checkpoint and exit non-zero; the job rerun on
+    one process resumes there, to the drafts of an uninterrupted run, bitwise."""
+    runs = [("kl", 0), ("lk_lambda", 1)]
+    cfg_train = data["cfg"]["train"]
+    long = {**data, "cfg": {**data["cfg"], "train": {**cfg_train, "steps": 60}}}
+    uninterrupted = tmp_path / "one"
+    launch(group_job(long, uninterrupted, runs))
+    job = group_job(long, tmp_path / "spread", runs, engine="zero3", ranks=2)
+    job.save(tmp_path / "job.json")
+    tag, record = uuid.uuid4().hex, tmp_path / "spread" / "ckpt" / "step"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, str(tmp_path / "job.json")], cwd=ROOT,
+        env=clean_env() | {TAG_VAR: tag}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (record.is_file() and json.loads(record.read_text())["step"] >= 4):
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint came"
+            time.sleep(0.2)
+        pids = tagged(tag)
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        kill_tagged(tag)
+    stopped_at = json.loads(record.read_text())["step"]
+    print(f"SIGTERM to {len(pids)} processes; checkpoint at step {stopped_at} of 60")
+    assert len(pids) >= 4, pids  # the rule's process, torchrun, 2 ranks
+    assert proc.returncode != 0 and 4 < stopped_at < 60, log[-3000:]
+    assert f"stopped by SIGTERM after step {stopped_at} (checkpoint written)" in log, log[-3000:]
+    assert not list((tmp_path / "spread" / "group").rglob("model.safetensors"))
+    launch(group_job(long, tmp_path / "spread", runs))  # rerun: 1 process, same checkpoint
+    one = drafts(uninterrupted / "group", runs)
+    resumed = drafts(tmp_path / "spread" / "group", runs)
+    assert all(max_diff(one[n], resumed[n]) == 0.0 for n in one)
 
 
 HANG = """

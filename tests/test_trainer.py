@@ -61,13 +61,13 @@ def test_micro_batches_accumulate_the_mean_of_their_gradients(setup):
     loss, alpha = 0.0, 0.0
     for part in halves:  # one batch of 4 in two micro-batches, each half of it
         l, a = micro_step(draft, loss_fn, cache.batch(part), 3, t2d, torch.Generator(), 0.5)
-        loss, alpha = loss + l, alpha + a
+        loss, alpha = loss + float(l) * 0.5, alpha + a
     together = grads(draft)
     alone, losses = [], []
     for part in halves:  # each half as a whole batch of its own
         draft.zero_grad()
         losses.append(
-            micro_step(draft, loss_fn, cache.batch(part), 3, t2d, torch.Generator(), 1)[0]
+            float(micro_step(draft, loss_fn, cache.batch(part), 3, t2d, torch.Generator(), 1)[0])
         )
         alone.append(grads(draft))
     assert together.keys() == alone[0].keys() and together

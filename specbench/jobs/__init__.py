@@ -18,11 +18,15 @@ Without a GPU the ranks run on the CPU with gloo, which is how the tests run thi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,17 +118,38 @@ def run_rule(smk: Any) -> None:
         log_to(smk.log[0])
     job = Job.from_snakemake(smk)
     print(f"rule {job.stage} wildcards={job.wildcards} threads={job.threads}", flush=True)
-    launch(job)
+    with exit_on_preemption():
+        launch(job)
+
+
+@contextlib.contextmanager
+def exit_on_preemption() -> Iterator[None]:
+    """A training job stopped by a signal (its checkpoint written) exits 128 + the signal's
+    number with one line, not a traceback: Snakemake retries it (``retries``)."""
+    from specbench.training.preemption import Preempted
+
+    try:
+        yield
+    except Preempted as stop:
+        print(f"preempted: {stop}", flush=True)
+        raise SystemExit(128 + stop.signum) from None
 
 
 def launcher_command(job_files: list[Path], ranks: int) -> list[str]:
-    """torchrun on this node: ``ranks`` processes, each running the jobs one after another."""
+    """torchrun on this node: ``ranks`` processes, each running the jobs one after another.
+
+    torchrun handles SIGINT only: on SIGTERM it would give its ranks 30 s and then SIGKILL
+    them (``torch.distributed.elastic``), too little for a group to write its checkpoint.
+    A scheduler's SIGTERM reaches every process of the job anyway, the ranks included; see
+    :func:`_launch` for how the launcher then waits for them.
+    """
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",  # a private rendezvous on a free local port: jobs may share a node
         f"--nproc_per_node={ranks}",
+        "--signals-to-handle=SIGINT",
         "-m",
         "specbench.jobs",
         *map(str, job_files),
@@ -146,6 +171,29 @@ def launch(job: Job) -> None:
         _launch(job)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals() -> None:
+    """In a child before it starts (``preexec_fn``): SIGTERM and SIGUSR1 are ignored."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def ignoring(signals: tuple[signal.Signals, ...]) -> Iterator[None]:
+    """Ignore ``signals`` in this process for the block (main thread only), then restore."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def _launch(job: Job) -> None:
     if job.ranks <= 1:
         run_stage(job)
@@ -157,7 +205,11 @@ def _launch(job: Job) -> None:
     print("launching:", " ".join(cmd), flush=True)
     # the ranks inherit this process's stdout/stderr, which is the rule's log
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, job.threads // job.ranks))}
-    done = subprocess.run(cmd, env=env, check=False)
+    # SIGTERM/SIGUSR1 (a scheduler's warning) reach this process, torchrun and the ranks
+    # alike: this process and torchrun ignore them and wait, so that the ranks can write
+    # their checkpoint and exit (python -m specbench.jobs restores the default in each rank)
+    with ignoring(STOP_SIGNALS):
+        done = subprocess.run(cmd, env=env, check=False, preexec_fn=ignore_stop_signals)
     if done.returncode != 0:
         raise RuntimeError(f"{job.stage}: {job.ranks} ranks exited with {done.returncode}")
     job_file.unlink(missing_ok=True)

@@ -66,6 +66,7 @@ from specbench.features.vocab import target_to_draft_map
 from specbench.io import atomic_write_text, progress, tmp_path_for
 from specbench.training.config import TrainConfig
 from specbench.training.precision import choose_precision
+from specbench.training.preemption import Preempted, StopSignals
 from specbench.training.schedule import BatchSchedule, cosine_lr, micro_generator
 
 
@@ -136,8 +137,11 @@ def micro_step(
     share: float,
     drop_out_of_vocab: bool = False,
     autocast: torch.dtype | None = None,
-) -> tuple[float, torch.Tensor]:
-    """Backward one micro-batch, its loss scaled by ``share``; return (loss, α by step).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward one micro-batch, its loss scaled by ``share``; return (loss, α by step · share).
+
+    Both are detached device tensors: nothing here waits for the device (no ``.item()``);
+    the trainer reads them once per step. The loss returned is the micro-batch's own, unscaled.
 
     ``share`` is the micro-batch's fraction of the step's batch, so the accumulated gradient
     is the mean of the micro-batch gradients. Per-position means and batch statistics
@@ -154,7 +158,7 @@ def micro_step(
         draft_logits=st.logits, target_logits=st.target_logprobs, mask=mask, labels=st.labels
     )
     (loss * share).backward()
-    return loss.item() * share, acceptance_by_position(st) * share
+    return loss.detach(), acceptance_by_position(st) * share
 
 
 BATCH_KEYS = ("features", "logprobs", "target_argmax", "input_ids", "loss_mask")
@@ -306,64 +310,79 @@ def train_group(
         else None
     )
     first = ckpt.load(members, log) if ckpt else 0
-    t0 = time.perf_counter()
-    for step in range(first, steps):
-        active = [m for m in members if m.stopped is None]
-        if not any_rank(bool(active)):
-            break
-        idx = schedule[step]
-        parts = [idx[p * size : (p + 1) * size] for p in range(n_parts)]
-        sums: dict[str, tuple[float, Any]] = {m.name: (0.0, 0.0) for m in active}
-        for m in active:
-            m.opt.zero_grad(set_to_none=True)
-        for p, batch in enumerate(step_batches(source, parts, device)):
-            for m in active:  # the one target pass every draft shares
-                loss, a = micro_step(
-                    m.draft, m.loss_fn, batch, m.k, t2d, micro_generator(m.seed, step, p),
-                    len(parts[p]) / len(idx), s.out_of_vocab == "drop", autocast,
-                )  # fmt: skip
-                sums[m.name] = (sums[m.name][0] + loss, sums[m.name][1] + a)
-            del batch
-        lines, tokens = [], int(response_tokens[idx].sum())
-        for m in active:
-            loss, a = sums[m.name]
-            grad_norm = torch.nn.utils.clip_grad_norm_(m.params, s.grad_clip)
-            finite = torch.isfinite(torch.tensor(loss)), torch.isfinite(grad_norm)
-            if not all(finite):
-                m.stopped = f"non-finite {'loss' if not finite[0] else 'gradient'} at step {step}"
-                m.opt.zero_grad(set_to_none=True)  # the step is not taken: last finite weights
-                lines.append(f"  {m.name}: stopped, {m.stopped} (the other drafts go on)")
-                continue
-            lr = cosine_lr(step, steps, s.warmup_steps, m.lr)
-            for g in m.opt.param_groups:
-                g["lr"] = lr
-            m.opt.step()
-            m.records.append(
-                {
-                    "step": step,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "tokens": tokens,
-                    "seconds": time.perf_counter() - t0,
-                    **{f"alpha_{j + 1}": float(x) for j, x in enumerate(a)},
-                }
-            )
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            done = progress(step + 1 - first, steps - first, time.perf_counter() - t0, "steps")
+    with StopSignals() as stop:  # a signal: checkpoint at the end of the step, stop
+        t0 = time.perf_counter()
+        for step in range(first, steps):
+            active = [m for m in members if m.stopped is None]
+            if not any_rank(bool(active)):
+                break
+            idx = schedule[step]
+            parts = [idx[p * size : (p + 1) * size] for p in range(n_parts)]
+            # per draft: the micro-batches' (loss, share) and Σ α·share, read once per step
+            parts_loss: dict[str, list[tuple[torch.Tensor, float]]] = {m.name: [] for m in active}
+            alphas: dict[str, Any] = {m.name: 0.0 for m in active}
             for m in active:
-                if m.stopped is None:
-                    r = m.records[-1]
-                    lines.append(
-                        f"  {m.name:24s} loss {r['loss']:.4f} alpha_1 {r['alpha_1']:.3f} "
-                        f"alpha_K {r[f'alpha_{m.k}']:.3f}"
+                m.opt.zero_grad(set_to_none=True)
+            for p, batch in enumerate(step_batches(source, parts, device)):
+                for m in active:  # the one target pass every draft shares
+                    share = len(parts[p]) / len(idx)
+                    loss, a = micro_step(
+                        m.draft, m.loss_fn, batch, m.k, t2d, micro_generator(m.seed, step, p),
+                        share, s.out_of_vocab == "drop", autocast,
+                    )  # fmt: skip
+                    parts_loss[m.name].append((loss, share))
+                    alphas[m.name] = alphas[m.name] + a
+                del batch
+            lines, tokens = [], int(response_tokens[idx].sum())
+            for m in active:
+                loss = sum(float(x) * share for x, share in parts_loss[m.name])  # one sync a step
+                a = alphas[m.name]
+                grad_norm = torch.nn.utils.clip_grad_norm_(m.params, s.grad_clip)
+                finite = torch.isfinite(torch.tensor(loss)), torch.isfinite(grad_norm)
+                if not all(finite):
+                    m.stopped = (
+                        f"non-finite {'loss' if not finite[0] else 'gradient'} at step {step}"
                     )
-            lines = [f"step {step:5d}/{steps} [{done}]", *lines]
-        for line in gather_lists(lines):
-            log(line)
-        every = s.checkpoint_every
-        if ckpt and every and (step + 1) % every == 0 and step + 1 < steps:
-            ckpt.save(step + 1, members)
+                    m.opt.zero_grad(set_to_none=True)  # the step is not taken: last finite weights
+                    lines.append(f"  {m.name}: stopped, {m.stopped} (the other drafts go on)")
+                    continue
+                lr = cosine_lr(step, steps, s.warmup_steps, m.lr)
+                for g in m.opt.param_groups:
+                    g["lr"] = lr
+                m.opt.step()
+                m.records.append(
+                    {
+                        "step": step,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "tokens": tokens,
+                        "seconds": time.perf_counter() - t0,
+                        **{f"alpha_{j + 1}": float(x) for j, x in enumerate(a)},
+                    }
+                )
+            if step % max(1, steps // 10) == 0 or step == steps - 1:
+                done = progress(step + 1 - first, steps - first, time.perf_counter() - t0, "steps")
+                for m in active:
+                    if m.stopped is None:
+                        r = m.records[-1]
+                        lines.append(
+                            f"  {m.name:24s} loss {r['loss']:.4f} alpha_1 {r['alpha_1']:.3f} "
+                            f"alpha_K {r[f'alpha_{m.k}']:.3f}"
+                        )
+                lines = [f"step {step:5d}/{steps} [{done}]", *lines]
+            signals = []  # a signal any rank received, with the log lines (no extra collective)
+            for rank_lines, received in gather_lists([(lines, stop.received)]):
+                for line in rank_lines:
+                    log(line)
+                signals.append(received)
+            if signame := next(filter(None, signals), None):
+                if ckpt:
+                    ckpt.save(step + 1, members)
+                raise Preempted(signame, step + 1, saved=ckpt is not None)
+            every = s.checkpoint_every
+            if ckpt and every and (step + 1) % every == 0 and step + 1 < steps:
+                ckpt.save(step + 1, members)
     if ckpt:  # the whole group trained: a restart goes straight to writing the drafts
         ckpt.save(steps, members)
     for m in members:
