@@ -9,6 +9,7 @@ pass or fail. Run alone with ``pytest -m slurm -s`` (-s shows the wall times).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from repo_copy import copy_repo
 
@@ -174,3 +176,71 @@ def test_smoke_matrix_through_slurm_equals_local(cluster, smoke_local, tmp_path_
     pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)
     gains = [pd.read_csv(w / "results/tables/gains.csv") for w in (local, via_slurm)]
     pd.testing.assert_frame_equal(gains[0], gains[1], check_exact=True)
+
+
+PREEMPT_SNAKEFILE = """
+rule train_group:
+    output: directory("spread/group")
+    resources: gpu=0
+    shell: "{python} -c {script!r} job.json"
+"""
+LAUNCH = (
+    "import sys; from specbench.jobs import Job, exit_on_preemption, launch\n"
+    "with exit_on_preemption(): launch(Job.load(sys.argv[1]))"
+)
+
+
+def test_a_group_job_warned_by_slurm_checkpoints_and_its_retry_resumes(cluster, tmp_path):
+    """A ``train_group`` job submitted with the shipped profile's settings for that rule
+    (``retries``, ``slurm_extra: --signal=TERM@600``) gets, mid-run, the signal SLURM sends
+    600 s before the time limit (``scancel --signal=TERM``: every step's processes, not the
+    batch shell). It checkpoints and fails; Snakemake resubmits it; the retry resumes to
+    the drafts of an uninterrupted run, bitwise."""
+    from groups import drafts, group_data, group_job
+
+    from specbench.jobs import launch
+
+    runs = [("kl", 0), ("lk_lambda", 1)]
+    data = group_data(tmp_path / "data", [loss for loss, _ in runs])
+    data["cfg"]["train"].update(batch_size=6, micro_batch_size=1, steps=60)
+    launch(group_job(data, tmp_path / "one", runs))  # the uninterrupted run
+    work = tmp_path / "work"
+    work.mkdir()
+    group_job(data, work / "spread", runs).save(work / "job.json")
+    (work / "Snakefile").write_text(PREEMPT_SNAKEFILE.format(python=sys.executable, script=LAUNCH))
+    profile = slurm_profile.localize(
+        ROOT / PROFILE / "config.yaml", work / "profile" / "config.yaml",
+        partition=cluster.partition, mem_mb=2000,
+    )  # fmt: skip
+    assert profile["retries"] >= 1
+    assert profile["set-resources"]["train_group"]["slurm_extra"] == "'--signal=TERM@600'"
+    cmd = [sys.executable, "-m", "snakemake", "--executor", "slurm", "--workflow-profile",
+           "profile", "--latency-wait", "5", "--slurm-keep-successful-logs"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    record = work / "spread" / "ckpt" / "step"
+    with open(work / "snakemake.log", "w") as out:
+        smk = subprocess.Popen(cmd, cwd=work, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 600
+            while not (record.is_file() and json.loads(record.read_text())["step"] >= 4):
+                assert smk.poll() is None and time.monotonic() < deadline, tail(
+                    work / "snakemake.log"
+                )
+                time.sleep(0.5)
+            first = cluster.run(["squeue", "-h", "-t", "running", "-o", "%i"]).stdout.split()
+            cluster.run(["scancel", "--signal=TERM", *first])
+            rc = smk.wait(timeout=900)
+        finally:
+            if smk.poll() is None:
+                smk.kill()
+    logs = sorted((work / ".snakemake" / "slurm_logs").rglob("*.log"), key=lambda p: int(p.stem))
+    text = [p.read_text(errors="replace") for p in logs]
+    assert rc == 0, f"{tail(work / 'snakemake.log')}\n{slurm_job_logs(work)}"
+    assert len(first) == 1 and len(logs) == 2, (first, logs)  # the job, then its retry
+    said = [line for line in text[0].splitlines() if "preempted: stopped by SIGTERM" in line]
+    assert said and "(checkpoint written)" in said[0], text[0][-3000:]
+    step = int(said[0].split("after step ")[1].split()[0])
+    assert f"resumed from {work / 'spread' / 'ckpt'} at step {step}" in text[1], text[1][-3000:]
+    print(f"\nSLURM: SIGTERM at step {step} of 60, the retry resumed there")
+    one, retried = drafts(tmp_path / "one" / "group", runs), drafts(work / "spread" / "group", runs)
+    assert all(torch.equal(one[n][k], retried[n][k]) for n in one for k in one[n])
