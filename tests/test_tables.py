@@ -8,6 +8,8 @@ import pandas as pd
 
 from specbench.aggregation.tables import gains_markdown, gains_table, tau_table
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _per_prompt(loss: str, accepted: list[int], rounds: list[int], tau_sums: list[float]):
     rows = []
@@ -193,3 +195,28 @@ def test_released_drafts_without_external_drafts_shows_the_cards_alone(tmp_path)
     write_paper_figures(tau, gains, empty, tmp_path / "fig2")
     assert pd.read_csv(tmp_path / "fig2/released_drafts.csv").empty
     assert (tmp_path / "fig2/released_drafts.png").stat().st_size > 0
+
+
+def test_block_figure_matches_our_bars_to_the_papers_by_loss_name():
+    """Issue 19: bars are matched by label, not by position, so any subset or order of our
+    losses lands on its own tick; a loss the paper has no number for gets a tick of its own."""
+    from specbench.aggregation.paper import block_interventions_table, block_label
+
+    ref = pd.read_csv(ROOT / "paper_figures/reference/block_diffusion_tau.csv")
+    specs = {"ce+decay(gamma=7)+focal(alpha=0.3)+chain(alpha=40)": 3.0, "ce": 2.0, "kl+dpace": 1.5}
+    assert [block_label(s) for s in specs] == ["ce+decay+focal+chain", "ce_uniform", "kl+dpace"]
+    tau = pd.DataFrame(
+        [{"draft_arch": "block_diffusion", "loss": s, "tau_expected": v} for s, v in specs.items()]
+        + [{"draft_arch": "eagle3", "loss": "ce", "tau_expected": 9.0}]  # another arch: ignored
+    )
+    for order in (tau, tau.iloc[::-1]):  # the order of our rows does not matter
+        table = block_interventions_table(ref, order).set_index("label")
+        paper = ref[ref["benchmark"] == "avg6"]
+        assert list(table.index[: len(paper)]) == list(paper["loss"])  # the paper's order
+        assert table.loc["ce_uniform", "our_tau"] == 2.0
+        assert table.loc["ce+decay+focal+chain", "our_tau"] == 3.0
+        assert table.loc["ce+decay+focal+chain", "paper_tau"] == 3.420
+        assert pd.isna(table.loc["ce+decay", "our_tau"])  # not measured: no bar of ours
+        assert table.loc["kl+dpace", "our_tau"] == 1.5 and pd.isna(
+            table.loc["kl+dpace", "paper_tau"]
+        )

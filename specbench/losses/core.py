@@ -181,9 +181,13 @@ def _check_inputs(fn: LossFn, z: Tensor, t: Tensor, mask: Tensor, labels: Tensor
         if labels.shape != mask.shape or labels.dtype != torch.long:
             got = f"{labels.dtype} {tuple(labels.shape)}"
             raise ValueError(f"labels must be long {tuple(mask.shape)}, got {got}")
-        bad = (labels >= v) | ((labels < 0) & (labels != -100))
-        if bool((bad & mask).any()):
-            raise ValueError(f"labels must be draft-vocab ids in [0, {v}) or -100")
+        bad = ((labels >= v) | ((labels < 0) & (labels != -100))) & mask
+        why = f"labels must be draft-vocab ids in [0, {v}) or -100"
+        if labels.device.type == "cpu":
+            if bool(bad.any()):
+                raise ValueError(why)
+        else:  # checked on the device: no host sync in the training loop
+            torch._assert_async(~bad.any(), why)
         labels = labels.reshape(-1, k)
     return z.reshape(-1, k, v), t.reshape(-1, k, v), mask.reshape(-1, k), labels
 
@@ -192,8 +196,9 @@ def build(spec: str, *, chunk_rows: int | None = None, group: Any = None) -> Los
     """Build the loss named by ``spec`` (e.g. ``"lk_lambda(eta=10)"``, ``"ce+decay+focal"``).
 
     ``chunk_rows``: rows (token × position) per chunk of full-vocabulary work; default
-    ``$SPECBENCH_LOSS_CHUNK_ROWS`` or ``2^20 // V``. ``group``: the process group of ranks
-    that hold replicas of this one draft, each on its own rows (data parallel); the batch
+    ``$SPECBENCH_LOSS_CHUNK_ROWS``, else sized by the device
+    (:func:`~specbench.losses.rowstats.default_chunk_rows`). ``group``: the process group of
+    ranks that hold replicas of this one draft, each on its own rows (data parallel); the batch
     statistics (LK^λ's ᾱ, TVD++'s μ, ``lk_alpha(reduce=batch)``'s ᾱ) pool over it. None
     (the default, and what a draft trained on its own rank needs, however many ranks the
     job has) pools over this call's rows only, and makes no collective call. Unknown names

@@ -46,7 +46,12 @@ from typing import Any, Literal
 import torch
 
 STAT_NAMES = ("kl", "rkl", "jsd", "alpha", "pg_r", "pg_1", "pg_s", "logq_y")
-CHUNK_ELEMENTS = 1 << 20  # default rows per chunk = CHUNK_ELEMENTS // V (4 MiB fp32 buffers)
+# Rows per chunk of full-vocabulary work, by device. On a CPU a chunk's buffers should stay
+# in cache: CHUNK_ELEMENTS // V rows (4 MiB fp32 buffers). On a GPU a chunk is a few kernel
+# launches (~45), so it should be large: CUDA_CHUNK_BYTES // (4·V) rows (256 MiB buffers;
+# 3-4 alive, ~1 GiB: 2,048 rows at a 32k vocabulary, 512 at 128k, instead of 32 and 8).
+CHUNK_ELEMENTS = 1 << 20
+CUDA_CHUNK_BYTES = 1 << 28
 T_FLOOR = -1.0e4  # target log-probs are floored here so that p = 0 exactly and 0·t stays 0
 LOG2 = math.log(2.0)
 AlphaOn = Literal["p", "p_tilde"]  # α on the original target probabilities or on p̃
@@ -94,11 +99,14 @@ def alpha_request(prm: dict[str, Any], **flags: bool) -> Request:
     return Request(**{"alpha": True, **flags}, alpha_on=prm["alpha_on"])
 
 
-def default_chunk_rows(vocab: int) -> int:
-    """Rows per chunk: ``$SPECBENCH_LOSS_CHUNK_ROWS`` if set, else ``CHUNK_ELEMENTS // V``."""
+def default_chunk_rows(vocab: int, device: torch.device | str = "cpu") -> int:
+    """Rows per chunk: ``$SPECBENCH_LOSS_CHUNK_ROWS`` if set, else by device: a memory
+    budget on CUDA (``CUDA_CHUNK_BYTES``), the cache on a CPU (``CHUNK_ELEMENTS``)."""
     env = os.environ.get("SPECBENCH_LOSS_CHUNK_ROWS")
     if env:
         return max(1, int(env))
+    if torch.device(device).type == "cuda":
+        return max(1, CUDA_CHUNK_BYTES // (4 * max(1, vocab)))
     return max(1, CHUNK_ELEMENTS // max(1, vocab))
 
 
@@ -280,6 +288,6 @@ def row_stats(
     dtype = torch.float64 if torch.float64 in (z.dtype, t.dtype) else torch.float32
     if y is None:
         y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
-    cr = chunk_rows or default_chunk_rows(z.shape[-1])
+    cr = chunk_rows or default_chunk_rows(z.shape[-1], z.device)
     stats = RowStats.apply(z, t.detach(), y, req, cr, dtype)
     return {name: stats[:, j] for j, name in enumerate(req.names)}
