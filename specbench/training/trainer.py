@@ -114,7 +114,12 @@ def make_member(
     draft.to(device).train()
     params = [p for p in draft.parameters() if p.requires_grad]
     lr = train.lr_for(draft.arch)
-    opt = torch.optim.AdamW(params, lr=lr, betas=train.betas, weight_decay=train.weight_decay)
+    # fused on CUDA: one kernel over all parameters, no parameter-sized foreach temporaries
+    # (12 GB for MEDUSA on Llama-3.1-8B); on a CPU the foreach path, as the measured runs had
+    fused = torch.device(device).type == "cuda"
+    opt = torch.optim.AdamW(
+        params, lr=lr, betas=train.betas, weight_decay=train.weight_decay, fused=fused or None
+    )
     return Member(name, draft, loss_fn, seed, opt, usable_k(draft, train.k_for(draft.arch)), lr)
 
 
