@@ -148,6 +148,10 @@ def paper_group_steps(work: Path) -> None:
         f"{PAPER_TARGET} {PAPER_ARCH} group, 2 steps in {time.perf_counter() - t0:.0f} s: "
         f"peak GPU memory {peak / 2**30:.1f} GiB allocated, {reserved / 2**30:.1f} GiB reserved"
     )
+    from specbench.plan.__main__ import plan
+
+    print("the planner's prediction for the same job (python -m specbench.plan):")
+    plan(raw, torch.cuda.get_device_properties(0).total_memory / 2**30)
 
 
 def main() -> None:

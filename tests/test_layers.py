@@ -21,6 +21,7 @@ LAYERS = [
     {"training", "decoding", "formats"},  # trainer; decoding, τ estimators; checkpoint formats
     {"aggregation"},  # tables, statistics, plots, paper figures
     {"config"},  # the experiment matrix, which names everything below
+    {"plan"},  # GPU memory per job, traced from the code below at real shapes
     {"jobs"},  # the pipeline's stages
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -1,0 +1,184 @@
+"""Peak memory of a ``train_group`` rank: each part traced from the real code at real shapes.
+
+A rank of an online group job holds (bytes, per rank):
+
+    target     ZeRO-3 shard P·s/N (s = 2 for bf16) + the gathered working set, at most
+               ``stage3_max_live_parameters``·s (all of it, P·s, with ``engine: hf``)
+    forward    the target forward of one micro-batch [b, L] and its features (traced)
+    drafts     ⌈g/N⌉ drafts: weights, buffers (their frozen copies of the target's
+               embedding included), gradients, AdamW moments (traced after one step)
+    step       one draft's forward + backward + AdamW step on a micro-batch (traced above the
+               drafts and batch; the drafts of a rank step one after another)
+    batch      a micro-batch of features and target log-probs on the device, while stepping
+    margin     ``MARGIN`` of the traced activations for what a trace cannot see (kernel
+               workspaces, the caching allocator's rounding and fragmentation) plus the CUDA
+               context, ``CONTEXT``
+
+``peak = target + drafts + max(forward, batch + step) ·(1 + MARGIN) + CONTEXT``. The traced
+parts run the trainer's own ``micro_step`` and ``TargetRunner``/``compute_features`` under
+``FakeTensorMode`` (:mod:`specbench.plan.trace`); on CPU at small shapes the trace equals the
+measured allocator peak (``tests/test_plan.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from unittest import mock
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from specbench.drafts import build_draft
+from specbench.features.cache import Sequence
+from specbench.features.vocab import target_to_draft_map
+from specbench.losses import build as build_loss
+from specbench.plan.trace import PeakMemory
+from specbench.targets.featurize import compute_features
+from specbench.targets.info import _info
+from specbench.targets.runner import TargetRunner
+from specbench.training.trainer import micro_step
+
+GiB = 2**30
+MARGIN = 0.10  # of traced activations: workspaces, allocator rounding and fragmentation
+CONTEXT = 0.75 * GiB  # the CUDA context and cuBLAS handles
+
+
+@dataclass
+class DraftMemory:
+    """One draft's resident bytes and its micro-step's peak above them and the batch."""
+
+    resident: int  # weights, buffers, gradients, AdamW moments
+    step: int  # activations and temporaries of one micro-step (forward, backward, AdamW)
+    batch: int  # the micro-batch's tensors
+
+
+def fake_batch(b: int, length: int, hidden: int, vocab: int, draft_vocab: int) -> dict:
+    """A micro-batch as the trainer gets it (float32 features and draft-vocab log-probs)."""
+    return {
+        "features": torch.empty(b, length, 4, hidden),
+        "input_ids": torch.zeros(b, length, dtype=torch.long),
+        "attention_mask": torch.ones(b, length, dtype=torch.bool),
+        "loss_mask": torch.ones(b, length, dtype=torch.bool),
+        "logprobs": torch.zeros(b, length, draft_vocab),
+        "target_argmax": torch.zeros(b, length, dtype=torch.long),
+    }
+
+
+def draft_memory(
+    cfg: PretrainedConfig, arch: str, hparams: dict, draft_vocab: int, b: int, length: int,
+    k: int, loss: str = "kl", autocast: torch.dtype | None = None, fake: bool = True,
+) -> DraftMemory:  # fmt: skip
+    """Trace one draft of ``arch`` for target ``cfg``: resident bytes and one micro-step.
+
+    ``fake``: under ``FakeTensorMode`` (nothing allocated); False runs it for real (tests).
+    """
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else _NoMode()
+    with mode:
+        if fake:
+            mode.cache_enabled = False  # cached outputs would keep storages alive
+        v, d = cfg.vocab_size, cfg.hidden_size
+        embed = torch.empty(v, d)
+        info = _info(cfg, embed, embed if cfg.tie_word_embeddings else torch.empty(v, d),
+                     torch.arange(draft_vocab), 0, None)  # fmt: skip
+        with _values_free_init() if fake else contextlib.nullcontext():
+            draft = build_draft(arch, info, **hparams)
+        params = [p for p in draft.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        t2d = target_to_draft_map(info.draft_to_target, v)
+        batch = fake_batch(b, length, d, v, draft_vocab)
+        loss_fn = build_loss(loss)
+
+        def step() -> None:
+            gen = torch.Generator().manual_seed(0)
+            micro_step(draft, loss_fn, batch, k, t2d, gen, 1.0, autocast=autocast)
+            opt.step()
+
+        step()  # AdamW's moments exist from here on, gradients stay
+        probe = PeakMemory()
+        probe.track(embed, info.lm_head, t2d)  # the target's tensors, not the draft's
+        base = probe.now
+        # ``draft.to(device)`` gives every draft its own copy of the target's embedding and
+        # head rows it keeps as buffers (they share the CPU tensor only before the move)
+        copied = sum(b.untyped_storage().nbytes() for b in draft.buffers() if probe.holds(b))
+        probe.track(draft, opt, [p.grad for p in params])
+        resident = probe.now - base + copied
+        base = probe.now
+        probe.track(batch)
+        batch_bytes = probe.now - base
+        base = probe.now
+        with probe:
+            step()
+        return DraftMemory(resident, probe.peak - base, batch_bytes)
+
+
+def forward_memory(
+    cfg: PretrainedConfig, draft_vocab: int, b: int, length: int, dtype: torch.dtype,
+    fake: bool = True,
+) -> int:  # fmt: skip
+    """Peak bytes of one online target forward of a ``[b, length]`` micro-batch, with its
+    features and log-probs built (``compute_features``), above the target's weights."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else _NoMode()
+    with mode:
+        if fake:
+            mode.cache_enabled = False
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+        runner = TargetRunner(model)
+        seqs = [Sequence([0] * 8, [0] * (length - 8), i) for i in range(b)]
+        probe = PeakMemory()
+        probe.track(model)
+        base = probe.now
+        with probe:
+            out = compute_features(runner, seqs, torch.arange(draft_vocab), batch_size=b)
+        del out
+        return probe.peak - base
+
+
+@contextlib.contextmanager
+def _values_free_init() -> Iterator[None]:
+    """Initialisers that read values (``trunc_normal_`` resamples by value) leave fake
+    tensors as they are: their values do not change any size."""
+    with mock.patch.object(torch.nn.init, "trunc_normal_", lambda t, *a, **k: t):
+        yield
+
+
+class _NoMode:
+    """A stand-in for ``FakeTensorMode`` when tracing real tensors."""
+
+    cache_enabled = False
+
+    def __enter__(self) -> _NoMode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def target_bytes(params: float, ranks: int, zero3: dict | None, dtype_bytes: int = 2) -> float:
+    """A rank's share of the target's weights: ZeRO-3 shard plus its gathered working set."""
+    if zero3 is None or ranks == 1:  # a full replica (ZeRO-3 on one rank gathers nothing)
+        return params * dtype_bytes
+    live = float(zero3.get("stage3_max_live_parameters", 1e9))
+    return params * dtype_bytes / ranks + min(live, params) * dtype_bytes
+
+
+def group_rank_bytes(
+    target: float, forward: int, draft: DraftMemory, drafts_per_rank: int
+) -> dict[str, float]:
+    """The parts of one rank's peak and their sum (see the module doc for the formula)."""
+    act = max(forward, draft.batch + draft.step)
+    parts = {
+        "target": target,
+        "drafts": drafts_per_rank * draft.resident,
+        "activations": act,
+        "margin": MARGIN * act + CONTEXT,
+    }
+    parts["peak"] = sum(parts.values())
+    return parts
+
+
+def drafts_per_rank(group: int, ranks: int) -> int:
+    return math.ceil(group / max(1, ranks))
