@@ -103,14 +103,11 @@ def peak_bytes(fn, z, t, mask, labels, device: str, head=None) -> int:
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
 
+    from specbench.plan.trace import profiled_peak
+
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step(fn, z, t, mask, labels, head)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
+    return profiled_peak(prof)
 
 
 def run_case(argv: list[str], opts: argparse.Namespace) -> None:

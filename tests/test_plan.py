@@ -12,6 +12,7 @@ from transformers import LlamaConfig
 
 from specbench.plan import memory
 from specbench.plan.memory import draft_memory, forward_memory
+from specbench.plan.trace import profiled_peak
 
 pytestmark = [pytest.mark.plan, pytest.mark.usefixtures("one_thread")]
 
@@ -37,12 +38,7 @@ def measured(fn) -> int:
     """Peak bytes the CPU allocator held during ``fn()`` above what was held before."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for e in sorted(events, key=lambda e: e.start_ns()):
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
+    return profiled_peak(prof)
 
 
 @pytest.mark.parametrize("arch", list(HPARAMS))
@@ -63,14 +59,7 @@ def test_a_traced_training_step_is_within_15_percent_of_the_measured_one(monkeyp
         def __exit__(self, *exc):
             super().__exit__(*exc)
             self._profile.__exit__(*exc)
-            events = self._profile.profiler.kineto_results.events()
-            live = peak = 0
-            for e in sorted(
-                (e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()
-            ):
-                live += e.nbytes()
-                peak = max(peak, live)
-            steps.append(peak)
+            steps.append(profiled_peak(self._profile))
 
     monkeypatch.setattr(memory, "PeakMemory", Measure)
     real = draft_memory(*args, fake=False)

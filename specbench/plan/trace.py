@@ -72,3 +72,15 @@ class PeakMemory(TorchDispatchMode):
             if isinstance(leaf, torch.Tensor):
                 self._add(leaf)
         return out
+
+
+def profiled_peak(prof: torch.profiler.profile) -> int:
+    """The most bytes a finished ``torch.profiler`` run (``profile_memory=True``) saw the
+    CPU allocator hold at once above where it started: the measurement the trace is checked
+    against (allocator-level tensor memory, not process RSS)."""
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
