@@ -76,7 +76,7 @@ def draft_memory(
 
     ``fake``: under ``FakeTensorMode`` (nothing allocated); False runs it for real (tests).
     """
-    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else _NoMode()
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode:
         if fake:
             mode.cache_enabled = False  # cached outputs would keep storages alive
@@ -103,7 +103,7 @@ def draft_memory(
         base = probe.now
         # ``draft.to(device)`` gives every draft its own copy of the target's embedding and
         # head rows it keeps as buffers (they share the CPU tensor only before the move)
-        copied = sum(b.untyped_storage().nbytes() for b in draft.buffers() if probe.holds(b))
+        copied = sum(x.untyped_storage().nbytes() for x in draft.buffers() if probe.holds(x))
         probe.track(draft, opt, [p.grad for p in params])
         resident = probe.now - base + copied
         base = probe.now
@@ -121,7 +121,7 @@ def forward_memory(
 ) -> int:  # fmt: skip
     """Peak bytes of one online target forward of a ``[b, length]`` micro-batch, with its
     features and log-probs built (``compute_features``), above the target's weights."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else _NoMode()
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode:
         if fake:
             mode.cache_enabled = False
@@ -143,18 +143,6 @@ def _values_free_init() -> Iterator[None]:
     tensors as they are: their values do not change any size."""
     with mock.patch.object(torch.nn.init, "trunc_normal_", lambda t, *a, **k: t):
         yield
-
-
-class _NoMode:
-    """A stand-in for ``FakeTensorMode`` when tracing real tensors."""
-
-    cache_enabled = False
-
-    def __enter__(self) -> _NoMode:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def target_bytes(params: float, ranks: int, zero3: dict | None, dtype_bytes: int = 2) -> float:
