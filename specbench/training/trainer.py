@@ -341,31 +341,10 @@ def train_group(
             lines, tokens = [], int(response_tokens[idx].sum())
             for m in active:
                 loss = sum(float(x) * share for x, share in parts_loss[m.name])  # one sync a step
-                a = alphas[m.name]
-                grad_norm = torch.nn.utils.clip_grad_norm_(m.params, s.grad_clip)
-                finite = torch.isfinite(torch.tensor(loss)), torch.isfinite(grad_norm)
-                if not all(finite):
-                    m.stopped = (
-                        f"non-finite {'loss' if not finite[0] else 'gradient'} at step {step}"
-                    )
-                    m.opt.zero_grad(set_to_none=True)  # the step is not taken: last finite weights
-                    lines.append(f"  {m.name}: stopped, {m.stopped} (the other drafts go on)")
-                    continue
                 lr = cosine_lr(step, steps, s.warmup_steps, m.lr)
-                for g in m.opt.param_groups:
-                    g["lr"] = lr
-                m.opt.step()
-                m.records.append(
-                    {
-                        "step": step,
-                        "loss": loss,
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "tokens": tokens,
-                        "seconds": time.perf_counter() - t0,
-                        **{f"alpha_{j + 1}": float(x) for j, x in enumerate(a)},
-                    }
-                )
+                record = {"step": step, "loss": loss, "lr": lr, "tokens": tokens}
+                if stopped := optimizer_step(m, alphas[m.name], record, s.grad_clip, t0):
+                    lines.append(stopped)
             if step % max(1, steps // 10) == 0 or step == steps - 1:
                 done = progress(step + 1 - first, steps - first, time.perf_counter() - t0, "steps")
                 for m in active:
@@ -392,6 +371,31 @@ def train_group(
         ckpt.save(steps, members)
     for m in members:
         m.draft.eval()
+
+
+def optimizer_step(m: Member, alpha: Any, record: dict, grad_clip: float, t0: float) -> str | None:
+    """Clip, step and log ``m`` (``record`` holds the step, loss, lr and tokens); or stop it.
+
+    A non-finite loss or gradient stops the draft instead: the step is not taken, so it
+    keeps its last finite weights. Returns the log line saying so, else None.
+    """
+    step, loss = record["step"], record["loss"]
+    grad_norm = torch.nn.utils.clip_grad_norm_(m.params, grad_clip)
+    finite = torch.isfinite(torch.tensor(loss)), torch.isfinite(grad_norm)
+    if not all(finite):
+        m.stopped = f"non-finite {'loss' if not finite[0] else 'gradient'} at step {step}"
+        m.opt.zero_grad(set_to_none=True)
+        return f"  {m.name}: stopped, {m.stopped} (the other drafts go on)"
+    for g in m.opt.param_groups:
+        g["lr"] = record["lr"]
+    m.opt.step()
+    alphas = {f"alpha_{j + 1}": float(x) for j, x in enumerate(alpha)}
+    seconds = time.perf_counter() - t0
+    m.records.append(  # the train log's columns, in this order
+        {"step": step, "loss": loss, "lr": record["lr"], "grad_norm": float(grad_norm),
+         "tokens": record["tokens"], "seconds": seconds, **alphas}
+    )  # fmt: skip
+    return None
 
 
 def gather_lists(items: list) -> list:
