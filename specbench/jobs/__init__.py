@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from specbench.training.preemption import SIGNALS
+
 # rule name -> stage module under specbench.jobs (a module's ``run(job)`` does the work)
 STAGES = {
     "convert_target": "convert_target",
@@ -171,7 +173,7 @@ def launch(job: Job) -> None:
         _launch(job)
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = SIGNALS  # the trainer's (specbench.training.preemption)
 
 
 def ignore_stop_signals() -> None:

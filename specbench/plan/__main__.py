@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from specbench.config import load_config
-from specbench.losses.rowstats import CUDA_CHUNK_BYTES
+from specbench.losses.rowstats import default_chunk_rows
 from specbench.plan.memory import (
     GiB,
     draft_memory,
@@ -51,7 +51,8 @@ def plan(config: dict, gpu_gib: float, log=print) -> list[str]:
             ranks = max(1, t.gpus)
             group = len(cfg.train_groups(name, arch)[0])
             vocab = shape.vocab_size if cfg.vocab_for(arch) == "full" else cfg.data.draft_vocab_size
-            rows = CUDA_CHUNK_BYTES // (4 * vocab)  # the chunks a GPU run takes
+            os.environ.pop("SPECBENCH_LOSS_CHUNK_ROWS", None)
+            rows = default_chunk_rows(vocab, "cuda")  # the chunks a GPU run takes
             os.environ["SPECBENCH_LOSS_CHUNK_ROWS"] = str(rows)
             autocast = torch.bfloat16  # train.autocast: auto on GPUs of capability >= 8.0
             draft = draft_memory(shape, arch, cfg.arch_hparams.get(arch, {}), vocab, b, length,
