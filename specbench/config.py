@@ -41,6 +41,13 @@ class TargetConfig(Strict):
     # number, or per architecture with a "default"; None: every (loss, seed) in one job.
     # Bounded by GPU memory: docs/cluster.md, "Online training groups"
     group_size: int | dict[str, int] | None = None
+    # the GPU type the online training jobs ask SLURM for (``--gpus=<model>:N``): one name, or
+    # per architecture with a "default"; "" = any GPU of the partition. ``python -m
+    # specbench.plan`` checks each job against that GPU's memory (its ``GPU_GIB`` table)
+    gpu_model: str | dict[str, str] = ""
+    # sequences per forward/backward of this target's online training jobs, in place of
+    # ``train.micro_batch_size`` (None: that one): the largest that fits, per the planner
+    micro_batch_size: int | None = Field(None, gt=0)
     # domain → released completions of this target: its training responses of that domain are
     # read from them (rule train_completions) instead of regenerated (specbench.data.completions)
     train_completions: dict[DomainName, CompletionsSource] = Field(default_factory=dict)
@@ -54,6 +61,17 @@ class TargetConfig(Strict):
         if isinstance(v, dict) and "default" not in v:
             raise ValueError("group_size per architecture needs a 'default' entry")
         return v
+
+    @field_validator("gpu_model")
+    @classmethod
+    def _gpu_model(cls, v: str | dict[str, str]) -> Any:
+        if isinstance(v, dict) and "default" not in v:
+            raise ValueError("gpu_model per architecture needs a 'default' entry")
+        return v
+
+    def gpu_model_for(self, arch: str) -> str:
+        """The GPU type of ``arch``'s training jobs ("" = any)."""
+        return per_arch(self.gpu_model, arch) or ""
 
     def group_size_for(self, arch: str) -> int | None:
         """Drafts per online group job of ``arch`` (None: the whole matrix row)."""
@@ -340,6 +358,13 @@ class Config(Strict):
         runs = [(loss, seed) for loss in self.losses for seed in self.seeds]
         size = self.targets[target].group_size_for(arch) or len(runs)
         return [runs[i : i + size] for i in range(0, len(runs), size)]
+
+    def train_for(self, target: str) -> TrainConfig:
+        """``train`` as ``target``'s online jobs run it (its ``micro_batch_size``, if set)."""
+        micro = self.targets[target].micro_batch_size
+        if micro is None:
+            return self.train
+        return TrainConfig.model_validate({**self.train.model_dump(), "micro_batch_size": micro})
 
     def archs_for(self, target: str) -> list[str]:
         only = self.targets[target].draft_archs

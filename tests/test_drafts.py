@@ -451,3 +451,22 @@ def test_sample_anchors_all_eligible_when_num_is_none():
     eligible = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
     got = sample_anchors(eligible, None, torch.Generator().manual_seed(0))
     assert got.tolist() == [[1, 2, 4], [0, 4, 4]]  # row 1 padded with L − 1
+
+
+@pytest.mark.parametrize("case", RECURRENT)
+@pytest.mark.parametrize("train_anchors", [None, SUB])
+def test_recomputed_ttt_steps_give_the_same_logits_and_gradients(case, infos, train_anchors):
+    """Activation checkpointing per TTT step (``recompute_steps``, on where memory binds)
+    changes what backward keeps, never a value: logits and every gradient bitwise equal."""
+    results = []
+    for recompute in (False, True):
+        draft, info = make(case, infos, train_anchors=train_anchors)
+        draft.train().recompute_steps = recompute
+        out = train(draft, make_batch(info))
+        (out.logits.square().mean() + out.logits.logsumexp(-1).mean()).backward()
+        grads = {n: p.grad for n, p in draft.named_parameters() if p.grad is not None}
+        results.append((out.logits.detach(), grads))
+    (logits, grads), (logits_r, grads_r) = results
+    assert torch.equal(logits, logits_r) and grads.keys() == grads_r.keys() and grads
+    for name, g in grads.items():
+        assert torch.equal(g, grads_r[name]), name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -18,7 +19,13 @@ from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
 from specbench.training.schedule import BatchSchedule, cosine_lr, micro_generator
-from specbench.training.trainer import make_member, micro_step, train_draft, train_group
+from specbench.training.trainer import (
+    make_member,
+    micro_step,
+    move_sharing,
+    train_draft,
+    train_group,
+)
 
 D2T = torch.arange(0, 64, 2)  # every other target token is in the draft vocabulary
 QUIET = lambda *args: None  # noqa: E731 (no training log)
@@ -337,3 +344,22 @@ def test_steps_or_epochs_one_of_the_two():
             TrainConfig(**base, **bad)
     with pytest.raises(ValueError, match="needs a 'default' entry"):
         TrainConfig(**base, epochs={"mtp": 1})
+
+
+def test_drafts_of_a_group_share_one_device_copy_of_the_target_embedding(setup):
+    """``move_sharing`` copies the host embedding once per device (meta here: a device
+    move without memory), keeps it in the checkpoint's dtype, and shares only what the drafts
+    alias on the host."""
+    cache, medusa = setup
+    info = dataclasses.replace(medusa.info, embed_tokens=medusa.info.embed_tokens.bfloat16())
+    shared: dict = {}
+    a, b = (build_draft("eagle3", info) for _ in range(2))
+    move_sharing(a, "meta", shared)
+    move_sharing(b, "meta", shared)
+    assert a.target_embed is b.target_embed and a.target_embed.device.type == "meta"
+    assert a.target_embed.dtype == torch.bfloat16  # not widened to the draft's float32
+    assert a.d2t is b.d2t  # the info's own d2t tensor, aliased by every draft: shared too
+    assert a.t2d is not b.t2d and a.fc.weight is not b.fc.weight  # built per draft: own
+    alone = build_draft("eagle3", info)
+    move_sharing(alone, "meta", {})
+    assert alone.target_embed is not a.target_embed

@@ -21,6 +21,7 @@ those anchors for roughly ``1/K`` of its cost when ``train_anchors ≪ L``.
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from specbench.drafts.anchors import anchor_count, sample_anchors, with_first_target
 from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput
@@ -36,6 +37,10 @@ class RecurrentDraft(Draft):
     exists, :func:`~specbench.drafts.anchors.with_first_target`); ``None``, or eval mode,
     = every position.
     """
+
+    # recompute each TTT step's activations in backward (:meth:`recomputed_step`): set by
+    # the trainer where memory binds (CUDA); not an hparam, it changes no value
+    recompute_steps: bool = False
 
     def __init__(self, info: TargetInfo, train_anchors: int | None = None, **hparams) -> None:
         train_anchors = anchor_count(train_anchors)
@@ -83,11 +88,10 @@ class RecurrentDraft(Draft):
         ids = torch.nn.functional.pad(input_ids, (0, k), value=0)
         positions = torch.arange(L, device=input_ids.device)
         cache = KVCache()
+        step = self.recomputed_step if self.recompute_steps and self.training else self.step
         # step 1 at every position: its keys/values are the context of every later step
         hidden = self.initial_hidden(features.to(self.dtype))
-        hidden = self.step(
-            self.embed(ids[:, 1 : 1 + L]), hidden, positions, ttt_mask(valid, 1), cache
-        )
+        hidden = step(self.embed(ids[:, 1 : 1 + L]), hidden, positions, ttt_mask(valid, 1), cache)
         if self.train_anchors is None or not self.training:
             # evaluation (expected τ) scores every anchor, the same ones for every loss
             anchors = positions.expand(B, L)
@@ -100,9 +104,26 @@ class RecurrentDraft(Draft):
             # keys, then A keys per earlier step (the layout ``ttt_mask`` describes)
             emb = self.embed(ids.gather(1, anchors + j))
             mask = ttt_mask(valid, j, anchors)
-            hidden = self.step(emb, hidden, anchors + (j - 1), mask, cache)
+            hidden = step(emb, hidden, anchors + (j - 1), mask, cache)
             out.append(self.logits(hidden))
         return TrainOutput(torch.stack(out, dim=2), anchors)
+
+    def recomputed_step(self, emb, hidden, positions, mask, cache: KVCache) -> torch.Tensor:
+        """:meth:`step` under activation checkpointing: its activations are recomputed in
+        backward instead of kept, so a TTT pass holds one step's at a time, not K steps'.
+
+        The cache is passed in and out as tensors: the recomputation must see the keys the
+        step saw, not the ones later steps appended."""
+
+        def pure(emb, hidden, k, v):
+            local = KVCache()
+            local.k, local.v = k, v
+            return self.step(emb, hidden, positions, mask, local), local.k, local.v
+
+        hidden, cache.k, cache.v = checkpoint(
+            pure, emb, hidden, cache.k, cache.v, use_reentrant=False
+        )
+        return hidden
 
     def start_session(self) -> RecurrentSession:
         return RecurrentSession(self)

@@ -42,7 +42,8 @@ def run(job: Job) -> None:
     source = OnlineFeatures(TargetRunner(ctx.target()), seqs, d2t)
     ckpt = Path(job.params["checkpoint"])  # a folder
     train_runs(
-        source, job.params["model"], arch, cfg.arch_hparams.get(arch, {}), runs, cfg.train,
+        source, job.params["model"], arch, cfg.arch_hparams.get(arch, {}), runs,
+        cfg.train_for(job.wildcards["target"]),
         device=ctx.device, log=ctx.say, checkpoint=ckpt,
     )  # fmt: skip
     ctx.say(f"target forwards on rank 0: {source.forwards} for {len(runs)} drafts")

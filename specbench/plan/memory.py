@@ -5,8 +5,9 @@ A rank of an online group job holds (bytes, per rank):
     target     ZeRO-3 shard P·s/N (s = 2 for bf16) + the gathered working set, at most
                ``stage3_max_live_parameters``·s (all of it, P·s, with ``engine: hf``)
     forward    the target forward of one micro-batch [b, L] and its features (traced)
-    drafts     ⌈g/N⌉ drafts: weights, buffers (their frozen copies of the target's
-               embedding included), gradients, AdamW moments (traced after one step)
+    drafts     ⌈g/N⌉ drafts: weights, buffers, gradients, AdamW moments (traced after
+               one step), plus one device copy of the target's embedding, in its dtype,
+               that the rank's drafts share (``trainer.move_sharing``)
     step       one draft's forward + backward + AdamW step on a micro-batch (traced above the
                drafts and batch; the drafts of a rank step one after another)
     batch      a micro-batch of features and target log-probs on the device, while stepping
@@ -16,7 +17,8 @@ A rank of an online group job holds (bytes, per rank):
 
 ``peak = target + drafts + max(forward, batch + step) ·(1 + MARGIN) + CONTEXT``. The traced
 parts run the trainer's own ``micro_step`` and ``TargetRunner``/``compute_features`` under
-``FakeTensorMode`` (:mod:`specbench.plan.trace`); on CPU at small shapes the trace equals the
+``FakeTensorMode`` (:mod:`specbench.plan.trace`), with the attention kernels CUDA would pick
+(:func:`~specbench.plan.trace.cuda_attention`); on CPU at small shapes the trace equals the
 measured allocator peak (``tests/test_plan.py``).
 """
 
@@ -36,7 +38,7 @@ from specbench.drafts import build_draft
 from specbench.features.cache import Sequence
 from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
-from specbench.plan.trace import PeakMemory
+from specbench.plan.trace import PeakMemory, cuda_attention
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import _info
 from specbench.targets.runner import TargetRunner
@@ -51,9 +53,10 @@ CONTEXT = 0.75 * GiB  # the CUDA context and cuBLAS handles
 class DraftMemory:
     """One draft's resident bytes and its micro-step's peak above them and the batch."""
 
-    resident: int  # weights, buffers, gradients, AdamW moments
+    resident: int  # weights, own buffers, gradients, AdamW moments
     step: int  # activations and temporaries of one micro-step (forward, backward, AdamW)
     batch: int  # the micro-batch's tensors
+    shared: int  # frozen target tensors the drafts of a rank share (the embedding)
 
 
 def fake_batch(b: int, length: int, hidden: int, vocab: int, draft_vocab: int) -> dict:
@@ -71,21 +74,31 @@ def fake_batch(b: int, length: int, hidden: int, vocab: int, draft_vocab: int) -
 def draft_memory(
     cfg: PretrainedConfig, arch: str, hparams: dict, draft_vocab: int, b: int, length: int,
     k: int, loss: str = "kl", autocast: torch.dtype | None = None, fake: bool = True,
+    dtype: torch.dtype = torch.bfloat16, cuda: bool | None = None,
+    recompute: bool | None = None,
 ) -> DraftMemory:  # fmt: skip
-    """Trace one draft of ``arch`` for target ``cfg``: resident bytes and one micro-step.
+    """Trace one draft of ``arch`` for target ``cfg`` (its tensors in ``dtype``): resident
+    bytes and one micro-step.
 
-    ``fake``: under ``FakeTensorMode`` (nothing allocated); False runs it for real (tests).
+    ``fake``: under ``FakeTensorMode`` (nothing allocated); False runs it for real on the
+    CPU (tests). ``cuda`` (default: ``fake``): trace CUDA's attention kernels, not the CPU's.
+    ``recompute`` (default: ``cuda``): TTT steps recomputed in backward, as the trainer sets
+    them on a GPU.
     """
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    with mode:
+    kernels = cuda_attention() if (fake if cuda is None else cuda) else contextlib.nullcontext()
+    with mode, kernels:
         if fake:
             mode.cache_enabled = False  # cached outputs would keep storages alive
         v, d = cfg.vocab_size, cfg.hidden_size
-        embed = torch.empty(v, d)
-        info = _info(cfg, embed, embed if cfg.tie_word_embeddings else torch.empty(v, d),
-                     torch.arange(draft_vocab), 0, None)  # fmt: skip
+        embed = torch.empty(v, d, dtype=dtype)
+        head = embed if cfg.tie_word_embeddings else torch.empty(v, d, dtype=dtype)
+        info = _info(cfg, embed, head, torch.arange(draft_vocab), 0, None)
         with _values_free_init() if fake else contextlib.nullcontext():
             draft = build_draft(arch, info, **hparams)
+        if hasattr(draft, "recompute_steps"):  # as ``make_member`` sets it on a GPU
+            gpu = fake if cuda is None else cuda
+            draft.recompute_steps = gpu if recompute is None else recompute
         params = [p for p in draft.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4)
         t2d = target_to_draft_map(info.draft_to_target, v)
@@ -99,30 +112,30 @@ def draft_memory(
 
         step()  # AdamW's moments exist from here on, gradients stay
         probe = PeakMemory()
-        probe.track(embed, info.lm_head, t2d)  # the target's tensors, not the draft's
+        probe.track(embed, info.lm_head, t2d, info.draft_to_target)  # the target's tensors
         base = probe.now
-        # ``draft.to(device)`` gives every draft its own copy of the target's embedding and
-        # head rows it keeps as buffers (they share the CPU tensor only before the move)
-        copied = sum(x.untyped_storage().nbytes() for x in draft.buffers() if probe.holds(x))
+        # the drafts of a rank share one device copy of what they alias of the target's
+        shared = sum(x.untyped_storage().nbytes() for x in draft.buffers() if probe.holds(x))
         probe.track(draft, opt, [p.grad for p in params])
-        resident = probe.now - base + copied
+        resident = probe.now - base
         base = probe.now
         probe.track(batch)
         batch_bytes = probe.now - base
         base = probe.now
         with probe:
             step()
-        return DraftMemory(resident, probe.peak - base, batch_bytes)
+        return DraftMemory(resident, probe.peak - base, batch_bytes, shared)
 
 
 def forward_memory(
     cfg: PretrainedConfig, draft_vocab: int, b: int, length: int, dtype: torch.dtype,
-    fake: bool = True,
+    fake: bool = True, cuda: bool | None = None,
 ) -> int:  # fmt: skip
     """Peak bytes of one online target forward of a ``[b, length]`` micro-batch, with its
     features and log-probs built (``compute_features``), above the target's weights."""
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    with mode:
+    kernels = cuda_attention() if (fake if cuda is None else cuda) else contextlib.nullcontext()
+    with mode, kernels:
         if fake:
             mode.cache_enabled = False
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
@@ -160,7 +173,7 @@ def group_rank_bytes(
     act = max(forward, draft.batch + draft.step)
     parts = {
         "target": target,
-        "drafts": drafts_per_rank * draft.resident,
+        "drafts": drafts_per_rank * draft.resident + draft.shared,
         "activations": act,
         "margin": MARGIN * act + CONTEXT,
     }

@@ -6,17 +6,22 @@ weak reference to it dies). Under ``FakeTensorMode`` the same code runs at the r
 70B shapes on a CPU, allocating nothing, and the count is what it would hold.
 
 What it cannot see, and the planner adds a margin for: kernel workspaces (cuBLAS, cuDNN,
-flash-attention), which attention kernel a GPU picks (a fused one keeps no ``[L, L]``
-probabilities), the caching allocator's rounding and fragmentation, and the CUDA context.
+flash-attention), the caching allocator's rounding and fragmentation, and the CUDA context.
+Which attention kernel a GPU picks (a fused one keeps no ``[T, S]`` probabilities) is
+modelled by :func:`cuda_attention`.
 torch's ``MemTracker`` does this per module, but refuses a module called more than once per
 iteration, which EAGLE-3's test-time-training steps do.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary, weakref
@@ -84,3 +89,41 @@ def profiled_peak(prof: torch.profiler.profile) -> int:
         live += e.nbytes()
         peak = max(peak, live)
     return peak
+
+
+@contextlib.contextmanager
+def cuda_attention() -> Iterator[None]:
+    """Trace ``scaled_dot_product_attention`` with the memory of the kernel CUDA would run.
+
+    PyTorch's CUDA dispatch (``sdp_utils``), as far as memory goes: flash attention takes no
+    mask; the memory-efficient kernel takes a mask but not ``enable_gqa``; so GQA with a mask
+    falls back to the math kernel, which materialises the probabilities. The fused kernels
+    keep the output and a log-sum-exp row per query for backward; their fake (meta)
+    implementation allocates exactly that. The drafts' attention repeats K/V on the devices
+    of ``REPEAT_KV_DEVICES`` to stay on the fused kernel, so the trace counts them as CUDA.
+    """
+    from specbench.drafts import layers
+
+    def sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+             enable_gqa=False):  # fmt: skip
+        if enable_gqa and q.shape[-3] != k.shape[-3] and attn_mask is not None:
+            return torch.ops.aten._scaled_dot_product_attention_math(
+                q, k, v, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=True
+            )[0]
+        if q.shape[-3] != k.shape[-3]:  # flash attention: GQA without a mask
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+        bias = attn_mask
+        if bias is not None and bias.dtype == torch.bool:  # as torch converts a boolean mask
+            bias = torch.zeros(bias.shape, dtype=q.dtype).masked_fill_(~bias, float("-inf"))
+        if bias is not None:
+            bias = bias.expand(*q.shape[:-1], k.shape[-2])
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, bias, True, dropout_p, is_causal, scale=scale
+        )[0]
+
+    with (
+        mock.patch.object(F, "scaled_dot_product_attention", sdpa),
+        mock.patch.object(layers, "REPEAT_KV_DEVICES", layers.REPEAT_KV_DEVICES | {"cpu"}),
+    ):
+        yield

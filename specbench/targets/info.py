@@ -25,8 +25,10 @@ class TargetInfo:
     intermediate_size: int  # dense FFN width; for MoE targets: experts_per_token × expert_size
     rms_norm_eps: float
     rope_theta: float
-    embed_tokens: torch.Tensor  # [target_vocab, hidden], frozen
-    lm_head: torch.Tensor  # [target_vocab, hidden], frozen
+    # frozen, in the checkpoint's dtype (bf16 for the hub targets: half the host and device
+    # memory of a float32 copy); drafts cast what they read of them
+    embed_tokens: torch.Tensor  # [target_vocab, hidden]
+    lm_head: torch.Tensor  # [target_vocab, hidden]
     draft_to_target: torch.Tensor  # [draft_vocab] long: draft id -> target id
     target_flops_per_token: float = 0.0  # ≈ 2 × target parameters, for the cost ratio c
     mtp_state_dict: dict[str, torch.Tensor] | None = None  # released MTP weights, if any
@@ -175,7 +177,7 @@ def target_info_from_checkpoint(
         for n in names:
             if n in where:
                 with safe_open(str(folder / where[n]), framework="pt") as f:
-                    return f.get_tensor(n).float()
+                    return f.get_tensor(n)  # its own dtype: readers cast what they use
         return None
 
     embed = read("model.embed_tokens.weight", "model.language_model.embed_tokens.weight")

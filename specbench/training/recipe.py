@@ -69,11 +69,12 @@ def train_runs(
     rank, world = rank_and_world()
     info = target_info_from_checkpoint(target_model, source.draft_to_target)
     mine = runs[rank::world]  # the drafts are spread over the ranks (trainer docstring)
-    members = []
+    members, shared = [], {}  # shared: one device copy of the target's embedding per rank
     for run in mine:
         torch.manual_seed(run.seed)  # the draft's initialisation: the same alone or in a group
         draft = build_draft(arch, info, **hparams)
-        members.append(make_member(run.name, draft, build_loss(run.loss), run.seed, train, device))
+        loss_fn = build_loss(run.loss)
+        members.append(make_member(run.name, draft, loss_fn, run.seed, train, device, shared))
     n = len(source)
     sequences = None if data_fraction >= 1 else data_subset(n, data_fraction)
     steps = train.steps_for(arch, n if sequences is None else len(sequences))
