@@ -186,3 +186,29 @@ def test_freeze_experts_needs_released_experts(release):
         build_draft("mtp", info, block="llama", freeze_experts=True)
     with pytest.raises(ValueError, match="no MTP weights to import"):
         build_draft("mtp", info, freeze_experts=True)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_on_cuda_the_experts_take_the_path_grouped_mm_can_run(release, freeze):
+    """transformers' CUDA experts use ``grouped_mm``, bf16 only and outside autocast (its
+    meta kernel, which mirrors the CUDA checks, refuses float32): ``prepare`` keeps frozen
+    experts in bf16 (exactly their released values), and sends trainable float32 experts
+    to the per-expert loop. Nothing changes on a CPU."""
+    info, sd, _ = release
+    draft = build_draft("mtp", with_release(info, sd), freeze_experts=freeze)
+    experts = draft.block.mlp.experts
+    before = {n: p.detach().clone() for n, p in experts.named_parameters()}
+    draft.prepare(torch.device("cpu"))
+    assert all(p.dtype == torch.float32 for p in draft.parameters())
+    draft.prepare(torch.device("cuda"))  # the choice only: no tensor is moved
+    assert draft.recompute_steps
+    if freeze:
+        for name, p in experts.named_parameters():
+            assert p.dtype == torch.bfloat16 and not p.requires_grad
+            assert torch.equal(p.float(), before[name].bfloat16().float())
+        assert experts.config._experts_implementation != "eager"
+    else:
+        assert all(p.dtype == torch.float32 for p in experts.parameters())
+        assert experts.config._experts_implementation == "eager"
+    others = [p for n, p in draft.named_parameters() if not n.startswith("block.mlp.experts")]
+    assert others and all(p.dtype == torch.float32 for p in others)

@@ -110,7 +110,80 @@ def test_the_planner_refuses_a_job_that_does_not_fit_in_one_line(tmp_path, capsy
     cfg["targets"]["tiny"].update(gpus=1, group_size=2)
     assert plan(cfg, gpu_gib=1.0) == []
     (refusal,) = plan(cfg, gpu_gib=2**-10)
-    assert refusal.startswith("train_group tiny/eagle3: ") and "GiB per rank > 0 GiB" in refusal
+    assert refusal.startswith("train_group tiny/eagle3: ") and "GiB per GPU > 0 GiB" in refusal
     assert "targets.tiny.group_size (2)" in refusal
     assert "targets.tiny.micro_batch_size (2)" in refusal
     assert "tiny/eagle3" in capsys.readouterr().out
+
+
+def test_the_planners_shapes_are_the_real_configs_the_twins_mirror():
+    """:data:`specbench.plan.shapes.SHAPES` (what the planner sizes) against the real
+    configs' values ``tests/tiny.py`` quotes for the twins."""
+    from tiny import REAL
+
+    from specbench.plan.shapes import SHAPES, target_config
+
+    assert set(SHAPES) == set(REAL)
+    for model, real in REAL.items():
+        cfg = target_config(model)
+        assert cfg.model_type == real["model_type"], model
+        for key in ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                    "tie_word_embeddings"):  # fmt: skip
+            assert getattr(cfg, key) == real[key], (model, key)
+        experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None)
+        experts = experts or getattr(cfg, "n_routed_experts", None) or 0
+        assert (experts, getattr(cfg, "num_experts_per_tok", 0) or 0) == (
+            real["experts"],
+            real["top_k"],
+        ), model
+
+
+def test_the_cost_formulas_by_hand():
+    """``group_cost`` and ``gather_seconds`` against the module doc's formulas, by hand."""
+    from specbench.plan import cost
+
+    fu = cost.FLOPS * cost.UTIL
+    # 4 GPUs, 70.6e9 bf16 params over NVLink, nothing offloaded; then offloaded over PCIe
+    assert cost.gather_seconds(70.6e9, 4, {}) == pytest.approx(0.75 * 141.2e9 / 300e9)
+    offload = cost.gather_seconds(70.6e9, 4, {"offload_param": "cpu"})
+    assert offload == pytest.approx(0.75 * 141.2e9 / 300e9 + 141.2e9 / 4 / 40e9)
+    assert cost.gather_seconds(8e9, 1, None) == 0.0
+    c = cost.group_cost(active=8e9, t_gather=0.0, flops_per_step=1e9, k=6, recompute=True,
+                        steps=10, batch=64, micro=2, ranks=1, per_rank=6, jobs=4,
+                        tokens=650)  # fmt: skip
+    t_f = 2 * 8e9 * 2 * 650 / fu  # 0.0525 s > FLOOR
+    t_d = 4 * 6 * 1e9 * 2 * 650 / fu  # forward, backward (2), recomputed TTT forward
+    assert (c.t_f, c.t_d) == (pytest.approx(t_f), pytest.approx(t_d))
+    wall = 10 * (32 * t_f + 32 * 6 * t_d) / 3600
+    assert c.wall_h == pytest.approx(wall) and c.gpu_h == pytest.approx(4 * wall)
+    assert c.target_gpu_h == pytest.approx(4 * 10 * 32 * t_f / 3600)
+    forwards, hours = cost.regeneration_gpu_hours(21e9, 3.6e9, 0.0, 1, 660_000, 64, 1024)
+    assert forwards == 10_313 * 1025 and hours == pytest.approx(forwards * cost.FLOOR / 3600)
+
+
+def test_the_workflow_refuses_a_matrix_that_does_not_fit_before_any_job(tmp_path):
+    """``onstart``: the planner's check runs before Snakemake submits anything; a group
+    job over its GPU's memory stops the run with the planner's one line, no job started."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import yaml
+    from groups import group_data
+    from repo_copy import copy_repo
+
+    repo = copy_repo(tmp_path / "repo")
+    cfg = group_data(tmp_path, ["kl", "lk_lambda"])["cfg"]
+    cfg["targets"]["tiny"].update(gpus=1, group_size=2)
+    (repo / "gpu.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "SPECBENCH_GPU_GIB": str(2**-10)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "gpu.yaml"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "train_group tiny/eagle3: " in out and "GiB per GPU > 0 GiB" in out, out[-3000:]
+    made = sorted(p.relative_to(repo) for p in (repo / "results").rglob("*"))
+    assert made == [pathlib.Path("results/README.md")]  # the tracked README only: no job ran

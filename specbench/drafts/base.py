@@ -114,6 +114,10 @@ class Draft(nn.Module):
     def start_session(self) -> DraftSession:
         raise NotImplementedError
 
+    def prepare(self, device: torch.device) -> None:
+        """Choices by device that change what training holds, never a value; called by the
+        trainer once the draft is on ``device`` (and by the planner, as if on a GPU)."""
+
     # -- bookkeeping ----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

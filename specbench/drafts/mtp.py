@@ -136,6 +136,22 @@ class MTP(RecurrentDraft):
                 )
             self.block.mlp.experts.requires_grad_(False)
 
+    def prepare(self, device: torch.device) -> None:
+        """On CUDA, transformers runs the experts with ``grouped_mm``, which takes bf16 only
+        (and no autocast): frozen experts are kept in bf16 there (their checkpoint values, so
+        nothing changes; half of their 45 GB on DeepSeek-V3), trainable ones in float32 run
+        on the per-expert loop instead, which autocast covers."""
+        super().prepare(device)
+        experts = getattr(getattr(self.block, "mlp", None), "experts", None)
+        if experts is None or torch.device(device).type != "cuda":
+            return
+        if not any(p.requires_grad for p in experts.parameters()):
+            for module in experts.modules():  # new frozen parameters (``Module.to`` would
+                for name, p in module.named_parameters(recurse=False):  # swap them in place)
+                    module._parameters[name] = nn.Parameter(p.detach().bfloat16(), False)
+        else:
+            experts.config._experts_implementation = "eager"
+
     def initial_hidden(self, features: torch.Tensor) -> torch.Tensor:
         return features[..., LAST, :]
 

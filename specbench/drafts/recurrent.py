@@ -39,13 +39,17 @@ class RecurrentDraft(Draft):
     """
 
     # recompute each TTT step's activations in backward (:meth:`recomputed_step`): set by
-    # the trainer where memory binds (CUDA); not an hparam, it changes no value
+    # :meth:`prepare` where memory binds (CUDA); not an hparam, it changes no value
     recompute_steps: bool = False
 
     def __init__(self, info: TargetInfo, train_anchors: int | None = None, **hparams) -> None:
         train_anchors = anchor_count(train_anchors)
         super().__init__(info, train_anchors=train_anchors, **hparams)
         self.train_anchors = train_anchors
+
+    def prepare(self, device: torch.device) -> None:
+        """On CUDA, where memory binds, the TTT steps are recomputed in backward."""
+        self.recompute_steps = torch.device(device).type == "cuda"
 
     def initial_hidden(self, features: torch.Tensor) -> torch.Tensor:
         """Target features ``[..., F, d]`` → the step-1 hidden input ``[..., d]``."""

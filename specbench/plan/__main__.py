@@ -21,6 +21,7 @@ import yaml
 
 from specbench.config import load_config
 from specbench.losses.rowstats import default_chunk_rows
+from specbench.plan import cost
 from specbench.plan.memory import (
     GiB,
     draft_memory,
@@ -32,72 +33,121 @@ from specbench.plan.memory import (
 from specbench.plan.shapes import target_config
 
 PROMPT_TOKENS = 128  # a planned micro-batch: b sequences of prompt + train_new_tokens
+HOST_RUNTIME = 8 * GiB  # per rank: Python, torch, CUDA context, the packed responses
 # usable memory (GiB) of a GPU type, as ``torch.cuda.mem_get_info`` reports it on an idle
 # card (less than the marketing GB: ECC, the driver's reservations)
 GPU_GIB = {"a100": 78.0, "h100": 78.0, "h200": 139.0, "b200": 178.0}
 
 
 def plan(config: dict, gpu_gib: float, log=print) -> list[str]:
-    """Print the table; return the one-line refusals of the jobs that do not fit.
+    """Print the tables; return the one-line refusals of the jobs that do not fit.
     ``gpu_gib``: the memory of a job that names no ``gpu_model``."""
     cfg = load_config(config)
-    refusals = []
+    refusals: list[str] = []
     length = PROMPT_TOKENS + cfg.data.train_new_tokens
-    head = "target/arch        GPUs drafts/rank micro  target  drafts  activ.  margin  peak GiB"
-    head += "  limit"
-    log(f"train_group jobs, per rank; micro-batches of {length} tokens\n{head}")
+    n = sum(cfg.data.train_prompts(d) for d in cfg.domains)
+    log(f"train_group jobs: peak GiB per GPU at micro-batches of {length} tokens; host GiB "
+        f"per job; hours at {cost.TOKENS} tokens a sequence, {n:,} sequences")  # fmt: skip
+    log(f"{'target/arch':26s} GPUs d/GPU micro  target  drafts  activ.  margin    peak  limit"
+        "       host  jobs  h/job    GPU-h")  # fmt: skip
+    total_h = 0.0
     for name, t in cfg.targets.items():
-        train = cfg.train_for(name)
-        b = train.micro_batch_size or train.batch_size
         shape = target_config(t.model)
         for arch in cfg.archs_for(name):
             label = f"{name}/{arch}"
-            if shape is None or arch not in ("eagle3", "medusa", "mlp_speculator"):
-                log(f"{label:18s} not modelled yet (shape or architecture)")
+            if shape is None:
+                log(f"{label:26s} not planned: no config for {t.model} (download it)")
                 continue
-            ranks = max(1, t.gpus)
-            group = len(cfg.train_groups(name, arch)[0])
-            vocab = shape.vocab_size if cfg.vocab_for(arch) == "full" else cfg.data.draft_vocab_size
-            os.environ.pop("SPECBENCH_LOSS_CHUNK_ROWS", None)
-            rows = default_chunk_rows(vocab, "cuda")  # the chunks a GPU run takes
-            os.environ["SPECBENCH_LOSS_CHUNK_ROWS"] = str(rows)
-            autocast = torch.bfloat16  # train.autocast: auto on GPUs of capability >= 8.0
-            draft = draft_memory(shape, arch, cfg.arch_hparams.get(arch, {}), vocab, b, length,
-                                 train.k_for(arch), autocast=autocast)  # fmt: skip
-            forward = forward_memory(shape, vocab, b, length, torch.bfloat16)
-            params = sum(  # the target's parameters, from its shape
-                p.numel() for p in _meta_model(shape).parameters()
-            )
-            zero3 = t.zero3 if t.engine == "zero3" else None
-            per = drafts_per_rank(group, ranks)
-            parts = group_rank_bytes(target_bytes(params, ranks, zero3), forward, draft, per)
-            model = t.gpu_model_for(arch)
-            limit = GPU_GIB.get(model, gpu_gib)  # a model not in the table: --gpu-gib
-            fits = parts["peak"] <= limit * GiB
-            cells = " ".join(
-                f"{parts[k] / GiB:7.1f}" for k in ("target", "drafts", "activations", "margin")
-            )
-            verdict = "" if fits else "  DOES NOT FIT"
-            peak = f"{parts['peak'] / GiB:9.1f}  {limit:.0f} {model or 'any'}{verdict}"
-            log(f"{label:18s} {ranks:4d} {per:11d} {b:5d} {cells} {peak}")
-            if not fits:
-                knobs = [f"targets.{name}.group_size ({group})"] if per > 1 else []
-                knobs += [f"arch_hparams.{arch}.train_anchors"] if arch == "eagle3" else []
-                knobs += [f"targets.{name}.micro_batch_size ({b})"]
-                refusals.append(
-                    f"train_group {label}: {parts['peak'] / GiB:.1f} GiB per rank > {limit:.0f} "
-                    f"GiB; lower {', '.join(knobs)}, or ask for a bigger GPU "
-                    f"(targets.{name}.gpu_model: one of {', '.join(GPU_GIB)})"
-                )
-    os.environ.pop("SPECBENCH_LOSS_CHUNK_ROWS", None)
+            row = plan_row(cfg, name, arch, shape, length, n, gpu_gib)
+            total_h += row["gpu_h"]
+            log(row["line"])
+            if row["refusal"]:
+                refusals.append(row["refusal"])
+    log(f"training: {total_h:,.0f} GPU-h")
+    regeneration(cfg, n, log)
     return refusals
 
 
-def _meta_model(shape):
-    from transformers import AutoModelForCausalLM
+def plan_row(cfg, name: str, arch: str, shape, length: int, n: int, gpu_gib: float) -> dict:
+    """One (target, architecture): its peak memory per GPU, host memory, GPU-hours."""
+    t, train = cfg.targets[name], cfg.train_for(name)
+    b = train.micro_batch_size or train.batch_size
+    ranks, groups = max(1, t.gpus), cfg.train_groups(name, arch)
+    per = drafts_per_rank(len(groups[0]), ranks)
+    vocab = shape.vocab_size if cfg.vocab_for(arch) == "full" else cfg.data.draft_vocab_size
+    os.environ.pop("SPECBENCH_LOSS_CHUNK_ROWS", None)
+    os.environ["SPECBENCH_LOSS_CHUNK_ROWS"] = str(default_chunk_rows(vocab, "cuda"))
+    try:  # train.autocast: auto is bf16 on GPUs of capability >= 8.0
+        draft = draft_memory(shape, arch, cfg.arch_hparams.get(arch, {}), vocab, b, length,
+                             train.k_for(arch), autocast=torch.bfloat16)  # fmt: skip
+        forward = forward_memory(shape, vocab, b, length, torch.bfloat16)
+    finally:
+        os.environ.pop("SPECBENCH_LOSS_CHUNK_ROWS", None)
+    total, active = cost.target_params(shape)
+    zero3 = t.zero3 if t.engine == "zero3" else None
+    parts = group_rank_bytes(target_bytes(total, ranks, zero3), forward, draft, per)
+    model = t.gpu_model_for(arch)
+    limit = GPU_GIB.get(model, gpu_gib)  # a model not in the table: --gpu-gib
+    fits = parts["peak"] <= limit * GiB
+    c = cost.group_cost(
+        active, cost.gather_seconds(total, ranks, zero3), draft.flops_per_step,
+        draft.k, draft.recompute, train.steps_for(arch, n),
+        train.batch_size, b, ranks, per, len(groups),
+    )  # fmt: skip
+    cells = " ".join(f"{parts[k] / GiB:7.1f}" for k in ("target", "drafts", "activations"))
+    line = (
+        f"{name + '/' + arch:26s} {ranks:4d} {per:5d} {b:5d} {cells}"
+        f" {parts['margin'] / GiB:7.1f}"
+        f" {parts['peak'] / GiB:7.1f}  {limit:3.0f} {model or 'any':4s}"
+        f" {host_bytes(total, ranks, zero3, shape) / GiB:7.0f} {len(groups):5d}"
+        f" {c.wall_h:6.0f} {c.gpu_h:8,.0f}" + ("" if fits else "  DOES NOT FIT")
+    )  # fmt: skip
+    refusal = None
+    if not fits:
+        knobs = [f"targets.{name}.group_size ({len(groups[0])})"] if per > 1 else []
+        knobs += [f"arch_hparams.{arch}.train_anchors"] if arch == "eagle3" else []
+        knobs += [f"targets.{name}.micro_batch_size ({b})"]
+        refusal = (
+            f"train_group {name}/{arch}: {parts['peak'] / GiB:.1f} GiB per GPU > {limit:.0f} "
+            f"GiB; lower {', '.join(knobs)}, or ask for a bigger GPU "
+            f"(targets.{name}.gpu_model: one of {', '.join(GPU_GIB)})"
+        )
+    return {"line": line, "refusal": refusal, "gpu_h": c.gpu_h, "parts": parts}
 
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(shape)
+
+def host_bytes(total: float, ranks: int, zero3: dict | None, shape) -> float:
+    """Host memory of a group job: the bf16 weights ZeRO-3 offloads (all of them, pinned),
+    plus per rank the target's embedding and head in bf16 (``TargetInfo``) and
+    ``HOST_RUNTIME`` for the process, its CUDA context and the packed responses."""
+    offload = zero3 is not None and zero3.get("offload_param", "none") not in ("none", None)
+    vocab_mats = 2 * 2 * shape.vocab_size * shape.hidden_size
+    return (2 * total if offload else 0.0) + ranks * (vocab_mats + HOST_RUNTIME)
+
+
+def regeneration(cfg, n: int, log=print) -> None:
+    """GPU-hours of regenerating the training responses, per target that has to."""
+    log(f"\n{'target':26s} GPUs  forwards/rank    GPU-h   (regenerated training responses)")
+    hours = 0.0
+    for name, t in cfg.targets.items():
+        shape = target_config(t.model)
+        if shape is None or t.train_completions:  # released completions: read, not generated
+            continue
+        total, active = cost.target_params(shape)
+        ranks = max(1, t.gpus)
+        gather = cost.gather_seconds(total, ranks, t.zero3 if t.engine == "zero3" else None)
+        forwards, h = cost.regeneration_gpu_hours(
+            total, active, gather, ranks, n, cfg.data.generation_batch_size,
+            cfg.data.train_new_tokens,
+        )  # fmt: skip
+        hours += h
+        log(f"{name:26s} {ranks:4d} {forwards:15,d} {h:8,.0f}")
+    log(f"regenerated responses: {hours:,.0f} GPU-h")
+
+
+def check(config: dict, log=print) -> list[str]:
+    """The refusals of :func:`plan`, with an unnamed GPU's memory from ``$SPECBENCH_GPU_GIB``
+    (default: an H100's): the check the workflow runs before it submits a job."""
+    return plan(config, float(os.environ.get("SPECBENCH_GPU_GIB", GPU_GIB["h100"])), log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from specbench.drafts import build_draft
+from specbench.drafts.align import usable_k
 from specbench.features.cache import Sequence
 from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
@@ -57,6 +58,9 @@ class DraftMemory:
     step: int  # activations and temporaries of one micro-step (forward, backward, AdamW)
     batch: int  # the micro-batch's tensors
     shared: int  # frozen target tensors the drafts of a rank share (the embedding)
+    flops_per_step: float = 0.0  # ``Draft.flops_per_step``, for the cost model
+    recompute: bool = False  # TTT steps recomputed in backward (``Draft.prepare``)
+    k: int = 0  # the steps it trains: K capped at what it can draft (``usable_k``)
 
 
 def fake_batch(b: int, length: int, hidden: int, vocab: int, draft_vocab: int) -> dict:
@@ -95,10 +99,18 @@ def draft_memory(
         head = embed if cfg.tie_word_embeddings else torch.empty(v, d, dtype=dtype)
         info = _info(cfg, embed, head, torch.arange(draft_vocab), 0, None)
         with _values_free_init() if fake else contextlib.nullcontext():
-            draft = build_draft(arch, info, **hparams)
-        if hasattr(draft, "recompute_steps"):  # as ``make_member`` sets it on a GPU
-            gpu = fake if cuda is None else cuda
-            draft.recompute_steps = gpu if recompute is None else recompute
+            # released MTP weights are not there to import: build random ones and freeze
+            # the experts as ``freeze_experts`` does after importing them (the same sizes)
+            frozen = arch == "mtp" and hparams.get("freeze_experts")
+            built = {**hparams, "freeze_experts": False} if frozen else hparams
+            draft = build_draft(arch, info, **built)
+            if frozen:
+                draft.block.mlp.experts.requires_grad_(False)
+        gpu = fake if cuda is None else cuda
+        draft.prepare(torch.device("cuda" if gpu else "cpu"))  # as ``make_member`` does
+        if recompute is not None:
+            draft.recompute_steps = recompute
+        k = usable_k(draft, k)  # as ``make_member`` caps it
         params = [p for p in draft.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4)
         t2d = target_to_draft_map(info.draft_to_target, v)
@@ -124,7 +136,9 @@ def draft_memory(
         base = probe.now
         with probe:
             step()
-        return DraftMemory(resident, probe.peak - base, batch_bytes, shared)
+        recomputed = bool(getattr(draft, "recompute_steps", False))
+        return DraftMemory(resident, probe.peak - base, batch_bytes, shared,
+                           draft.flops_per_step(), recomputed, k)  # fmt: skip
 
 
 def forward_memory(
@@ -159,11 +173,15 @@ def _values_free_init() -> Iterator[None]:
 
 
 def target_bytes(params: float, ranks: int, zero3: dict | None, dtype_bytes: int = 2) -> float:
-    """A rank's share of the target's weights: ZeRO-3 shard plus its gathered working set."""
-    if zero3 is None or ranks == 1:  # a full replica (ZeRO-3 on one rank gathers nothing)
+    """A rank's share of the target's weights on its GPU: the ZeRO-3 shard (none where
+    ``offload_param`` keeps it in host memory or on NVMe) plus the gathered working set,
+    at most ``stage3_max_live_parameters``; a full replica without ZeRO-3 or on one rank
+    that offloads nothing (ZeRO-3 on one rank gathers nothing)."""
+    offload = zero3 is not None and zero3.get("offload_param", "none") not in ("none", None)
+    if zero3 is None or (ranks == 1 and not offload):
         return params * dtype_bytes
-    live = float(zero3.get("stage3_max_live_parameters", 1e9))
-    return params * dtype_bytes / ranks + min(live, params) * dtype_bytes
+    live = min(float(zero3.get("stage3_max_live_parameters", 1e9)), params) * dtype_bytes
+    return live + (0.0 if offload else params * dtype_bytes / ranks)
 
 
 def group_rank_bytes(

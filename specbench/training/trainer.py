@@ -138,8 +138,7 @@ def make_member(
     :func:`move_sharing`), in train mode, with AdamW over its trainables."""
     move_sharing(draft, device, {} if shared is None else shared)
     draft.train()
-    if hasattr(draft, "recompute_steps"):  # where memory binds: 8-15 GiB a TTT pass at 70B
-        draft.recompute_steps = torch.device(device).type == "cuda"
+    draft.prepare(torch.device(device))  # e.g. TTT steps recomputed on CUDA (Draft.prepare)
     params = [p for p in draft.parameters() if p.requires_grad]
     lr = train.lr_for(draft.arch)
     # fused on CUDA: one kernel over all parameters, no parameter-sized foreach temporaries

@@ -26,6 +26,18 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 R = "results"
+
+
+# Before any job is submitted: every GPU group job of the matrix must fit the memory of the
+# GPU it asks for (python -m specbench.plan prints the whole table; docs/cluster.md).
+# Dry runs (-n) skip onstart; SPECBENCH_GPU_GIB sets the memory of an unnamed GPU.
+onstart:
+    if CFG.train.features == "online" and any(t.gpus for t in CFG.targets.values()):
+        from specbench.plan.__main__ import check
+
+        refusals = check(config, log=logger.info)
+        if refusals:
+            raise WorkflowError("\n".join(refusals))
 LOSS_BY_SLUG = {loss_slug(spec): spec for spec in CFG.losses}
 # drafts trained elsewhere (workflow/rules/formats.smk): loss external:<name>, folder external-<name>
 EXTERNAL = {e.name: e for e in CFG.external_drafts}
