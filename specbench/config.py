@@ -24,10 +24,13 @@ from specbench.data.config import DataConfig, DomainName
 from specbench.data.domains import DOMAINS
 from specbench.data.hub import CompletionsSource
 from specbench.data.splits import eval_split
+from specbench.formats import IMPORT_ARCHS
 from specbench.schema import Strict
 from specbench.training.config import TrainConfig, per_arch
 
 GGUF_PREFIX = "gguf:"
+# the formats specbench.formats reads (registered in formats/<arch>.py), as a type
+ImportFormat = Literal[tuple(IMPORT_ARCHS)]  # type: ignore[valid-type]
 
 
 class TargetConfig(Strict):
@@ -131,7 +134,7 @@ class ExternalDraft(Strict):
 
     name: str
     target: str
-    format: Literal["speculators", "sglang", "vllm"]  # = specbench.formats.IMPORT_ARCHS
+    format: ImportFormat
     path: str
     arch: str | None = None
     vocab: Literal["own", "truncated", "full"] = "own"
@@ -148,8 +151,6 @@ class ExternalDraft(Strict):
     @classmethod
     def _default_arch(cls, v: Any) -> Any:
         """A format that holds one architecture names it (speculators, sglang: eagle3)."""
-        from specbench.formats import IMPORT_ARCHS
-
         if isinstance(v, dict) and v.get("arch") is None:
             archs = IMPORT_ARCHS.get(v.get("format"), ())
             if len(archs) == 1:
@@ -158,8 +159,6 @@ class ExternalDraft(Strict):
 
     @model_validator(mode="after")
     def _arch(self) -> ExternalDraft:
-        from specbench.formats import IMPORT_ARCHS
-
         archs = IMPORT_ARCHS[self.format]
         if self.arch not in archs:
             raise ValueError(f"{self.name}: a {self.format} checkpoint holds one of {list(archs)}")

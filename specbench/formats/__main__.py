@@ -2,6 +2,7 @@
 
     export DRAFT_DIR OUT_DIR --format F --target MODEL [--vocab VOCAB_JSON] [--k K]
     import FORMAT PATH OUT_DIR --target MODEL [--vocab VOCAB_JSON]
+    table    (the README's formats table, from the registry)
 
 ``MODEL`` is the target (hub id in the local cache, or folder); ``VOCAB_JSON`` the run's
 draft vocabulary (default, for a DRAFT_DIR ``results/drafts/<target>/<arch>/<loss>/seedN``:
@@ -19,7 +20,14 @@ from pathlib import Path
 import torch
 
 from specbench.drafts import load_draft
-from specbench.formats import FORMATS, IMPORT_ARCHS, FormatError, export_draft, load_external
+from specbench.formats import (
+    FORMATS,
+    IMPORT_ARCHS,
+    FormatError,
+    export_draft,
+    formats_markdown,
+    load_external,
+)
 from specbench.targets.info import target_info_from_checkpoint
 
 
@@ -57,10 +65,14 @@ def main(argv: list[str]) -> None:
     imp.add_argument("format", help=f"one of {sorted(IMPORT_ARCHS)}")
     imp.add_argument("path")
     imp.add_argument("out_dir")
+    sub.add_parser("table", help="print the README's formats table (from the registry)")
     for p in (exp, imp):
         p.add_argument("--target", required=True, help="target hub id or folder")
         p.add_argument("--vocab", default=None, help="the run's draft-vocabulary JSON")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        print(formats_markdown(), end="")
+        return
     try:
         if args.command == "export":
             vocab = args.vocab or default_vocab(args.draft_dir)

@@ -27,6 +27,7 @@ from specbench.formats.common import (
     target_layers,
     write_checkpoint,
 )
+from specbench.formats.registry import register_format
 from specbench.targets.info import TargetInfo, rope_parameters
 from specbench.targets.runner import feature_layer_indices
 
@@ -101,50 +102,6 @@ def tensors_out(draft: Draft, info: TargetInfo, fmt: str) -> dict[str, torch.Ten
     out["d2t"], out["t2d"] = d2t, t2d
     out["embed_tokens.weight"] = info.embed_tokens.detach().to(state["fc.weight"].dtype)
     return out
-
-
-def export_speculators(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
-    """speculators 0.9.0 ``Eagle3SpeculatorConfig`` + weights (``vllm serve`` loads it)."""
-    cfg = hf_config(info)
-    config = {
-        "architectures": ["Eagle3Speculator"],
-        "speculators_model_type": "eagle3",
-        "speculators_version": "0.9.0",
-        "transformer_layer_config": layer_config(info, draft.hparams["intermediate_size"]),
-        "draft_vocab_size": info.draft_vocab_size,
-        "norm_before_residual": False,
-        "norm_before_fc": False,
-        "fc_norm": False,
-        "norm_output": False,
-        "embed_requires_grad": False,
-        "target_hidden_size": None,
-        "eagle_aux_hidden_state_layer_ids": aux_layer_ids(info),
-        "torch_dtype": "float32",
-        "speculators_config": {
-            "algorithm": "eagle3",
-            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": k}],
-            "default_proposal_method": "greedy",
-            "verifier": {
-                "name_or_path": verifier,
-                "architectures": list(getattr(cfg, "architectures", None) or []),
-            },
-        },
-    }
-    return write_checkpoint(out, config, tensors_out(draft, info, "speculators"))
-
-
-def export_sglang(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
-    """SpecForge's ``LlamaForCausalLMEagle3`` config (a Llama config + ``draft_vocab_size``)
-    and weights: what SGLang's ``--speculative-algorithm EAGLE3`` loads."""
-    config = layer_config(info, draft.hparams["intermediate_size"])
-    config.update(
-        architectures=["LlamaForCausalLMEagle3"],
-        draft_vocab_size=info.draft_vocab_size,
-        target_hidden_size=info.hidden_size,
-        eagle_config={"eagle_aux_hidden_state_layer_ids": aux_layer_ids(info)},
-        torch_dtype="float32",
-    )
-    return write_checkpoint(out, config, tensors_out(draft, info, "sglang"))
 
 
 # -- import -------------------------------------------------------------------------------
@@ -295,3 +252,76 @@ def load_sglang(path: str | Path, info: TargetInfo) -> Draft:
         return draft_from_tensors(tensors, LAYER["sglang"], info, inter, where)
     except KeyError as err:  # pragma: no cover - names checked above
         raise FormatError(f"{where}: missing {err}") from None
+
+
+def offsets_vocab(tensors: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """The target ids of an EAGLE-3 checkpoint's draft vocabulary (``d2t`` holds offsets)."""
+    return tensors["d2t"].long() + torch.arange(tensors["d2t"].numel())
+
+
+# -- export (each registered with its reader) ---------------------------------------------
+
+
+@register_format(
+    "eagle3",
+    "speculators",
+    load=load_speculators,
+    vocab=offsets_vocab,
+    loaded_by='`vllm serve --speculative-config \'{"method": "eagle3", "model": OUT}\'`; '
+    "speculators `Eagle3DraftModel`",
+    verified="speculators 0.9.0 `Eagle3DraftModel.from_pretrained`: max \\|Δ\\| = 0 (export), 0 "
+    "(its own checkpoint → `load_external`); with Llama-3.1's `llama3` RoPE scaling: 0 and 0",
+)
+def export_speculators(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
+    """speculators 0.9.0 ``Eagle3SpeculatorConfig`` + weights (``vllm serve`` loads it)."""
+    cfg = hf_config(info)
+    config = {
+        "architectures": ["Eagle3Speculator"],
+        "speculators_model_type": "eagle3",
+        "speculators_version": "0.9.0",
+        "transformer_layer_config": layer_config(info, draft.hparams["intermediate_size"]),
+        "draft_vocab_size": info.draft_vocab_size,
+        "norm_before_residual": False,
+        "norm_before_fc": False,
+        "fc_norm": False,
+        "norm_output": False,
+        "embed_requires_grad": False,
+        "target_hidden_size": None,
+        "eagle_aux_hidden_state_layer_ids": aux_layer_ids(info),
+        "torch_dtype": "float32",
+        "speculators_config": {
+            "algorithm": "eagle3",
+            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": k}],
+            "default_proposal_method": "greedy",
+            "verifier": {
+                "name_or_path": verifier,
+                "architectures": list(getattr(cfg, "architectures", None) or []),
+            },
+        },
+    }
+    return write_checkpoint(out, config, tensors_out(draft, info, "speculators"))
+
+
+@register_format(
+    "eagle3",
+    "sglang",
+    load=load_sglang,
+    vocab=offsets_vocab,
+    loaded_by="SGLang `--speculative-algorithm EAGLE3 --speculative-draft-model-path OUT`; "
+    "SpecForge `LlamaForCausalLMEagle3`",
+    verified="SpecForge 0.2.0 `LlamaForCausalLMEagle3`: max \\|Δ\\| = 1.7e-6 (export), 1.2e-7 "
+    "(its own checkpoint → `load_external`); with `llama3` scaling: 1.6e-6 and 1.8e-7; "
+    "float32, \\|logits\\| ≤ 7",
+)
+def export_sglang(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
+    """SpecForge's ``LlamaForCausalLMEagle3`` config (a Llama config + ``draft_vocab_size``)
+    and weights: what SGLang's ``--speculative-algorithm EAGLE3`` loads."""
+    config = layer_config(info, draft.hparams["intermediate_size"])
+    config.update(
+        architectures=["LlamaForCausalLMEagle3"],
+        draft_vocab_size=info.draft_vocab_size,
+        target_hidden_size=info.hidden_size,
+        eagle_config={"eagle_aux_hidden_state_layer_ids": aux_layer_ids(info)},
+        torch_dtype="float32",
+    )
+    return write_checkpoint(out, config, tensors_out(draft, info, "sglang"))
