@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from specbench.artifacts import EXTERNAL_PREFIX, loss_slug
 from specbench.data.config import DataConfig, DomainName
 from specbench.data.domains import DOMAINS
 from specbench.data.hub import CompletionsSource
@@ -119,9 +120,6 @@ class CurveConfig(Strict):
         return sorted(set(v))
 
 
-EXTERNAL_PREFIX = "external:"  # the loss label of an external draft: external:<name>
-
-
 class ExternalDraft(Strict):
     """A draft trained elsewhere, evaluated as a matrix entry (``loss`` = ``external:<name>``).
 
@@ -171,7 +169,7 @@ class ExternalDraft(Strict):
     @property
     def slug(self) -> str:
         """Its folder in place of a loss: ``results/drafts/<target>/<arch>/external-<name>``."""
-        return f"external-{self.name}"
+        return loss_slug(self.loss)
 
     @property
     def vocab_name(self) -> str:
@@ -343,12 +341,6 @@ class Config(Strict):
     def archs_for(self, target: str) -> list[str]:
         only = self.targets[target].draft_archs
         return [a for a in self.draft_archs if only is None or a in only]
-
-
-def loss_slug(spec: str) -> str:
-    """A path-safe name for a loss spec: ``lk_lambda(eta=10)`` → ``lk_lambda-eta10``."""
-    s = spec.replace("+", "__").replace("(", "-").replace(")", "").replace("=", "")
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", s.replace(",", "_"))
 
 
 class ConfigError(ValueError):

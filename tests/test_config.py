@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from specbench.config import ConfigError, load_config, loss_slug
+from specbench.artifacts import loss_slug
+from specbench.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "workflow/schemas/config.schema.json").read_text())

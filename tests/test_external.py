@@ -22,8 +22,8 @@ from peers_site import ensure_peers, speculators_eagle3
 from test_interop import speculators_logits
 from tiny import save_tiny_chat_target
 
-from specbench.aggregation.tables import EXTERNAL_PREFIX, load_per_prompt, tau_table
-from specbench.config import EXTERNAL_PREFIX as CONFIG_PREFIX
+from specbench.aggregation.tables import load_per_prompt, tau_table
+from specbench.artifacts import losses_by_slug
 from specbench.config import load_config
 from specbench.data.splits import eval_split
 from specbench.drafts import load_draft
@@ -79,7 +79,7 @@ def test_config_names_external_drafts(target, checkpoint):
         "external-peer",
         "external-peer",
     )
-    assert CONFIG_PREFIX == EXTERNAL_PREFIX
+    assert losses_by_slug(["kl", ext.loss]) == {"kl": "kl", "external-peer": "external:peer"}
     bad = config(target, ckpt)
     bad["external_drafts"][0].update(format="vllm")  # holds medusa or mlp_speculator
     with pytest.raises(ValueError, match="holds one of"):

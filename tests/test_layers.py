@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "specbench"
 # bottom to top; a layer may use anything below it (README, "Layout")
 LAYERS = [
     {"io", "schema", "acceptance"},  # file writes, settings base class, α = Σ min(p, q)
+    {"artifacts"},  # the typed files that pass between stages, and their path names
     {"dist"},  # process groups and lockstep helpers for multi-rank jobs
     {"losses", "features"},  # loss functions; the feature-cache format and draft vocabulary
     {"targets"},  # loading and running target models

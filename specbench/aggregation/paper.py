@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from specbench.aggregation.tables import EXTERNAL_PREFIX, headline, headlines, measures  # noqa: E402
+from specbench.aggregation.tables import headline, headlines, measures  # noqa: E402
+from specbench.artifacts import EXTERNAL_PREFIX  # noqa: E402
 from specbench.io import atomic_dir, atomic_write_text  # noqa: E402
 from specbench.losses import parse  # noqa: E402
 

@@ -8,19 +8,17 @@ and gains are bootstrapped by resampling prompts, the same prompts for both loss
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from specbench.aggregation.stats import paired_ratio_bootstrap, ratio_of_sums_se
+from specbench.artifacts import EXTERNAL_PREFIX, EvalMetrics
 from specbench.decoding import ESTIMATORS
 from specbench.io import atomic_write_text
 
 CELL = ["target", "draft_arch", "loss", "domain", "temperature", "seed"]
-# loss label of a draft trained elsewhere (specbench.config.ExternalDraft): external:<name>
-EXTERNAL_PREFIX = "external:"
 
 
 def measures() -> dict[str, tuple[str, str]]:
@@ -45,11 +43,11 @@ def load_per_prompt(eval_dirs: list[str | Path]) -> pd.DataFrame:
     """Concatenate ``per_prompt.csv`` of every evaluated draft, tagged with its cell keys."""
     frames = []
     for d in map(Path, eval_dirs):
-        meta = json.loads((d / "metrics.json").read_text())
+        meta = EvalMetrics.read(d / "metrics.json")
         df = pd.read_csv(d / "per_prompt.csv")
         for key in ("target", "draft_arch", "loss", "seed", "k_eval", "draft_params", "cost_ratio"):
-            df[key] = meta[key]
-        df["train_status"] = meta.get("train_status", "complete")
+            df[key] = getattr(meta, key)
+        df["train_status"] = meta.train_status
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     df["accepted_plus_rounds"] = df["accepted_sum"].fillna(0) + df["rounds"].fillna(0)

@@ -13,12 +13,12 @@ an external draft's own; without one, the full vocabulary).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from specbench.artifacts import EXTERNAL_SLUG, vocab_ids
 from specbench.drafts import load_draft
 from specbench.formats import (
     FORMATS,
@@ -41,16 +41,16 @@ def default_vocab(draft_dir: str) -> Path | None:
     if len(parts) <= 4 or parts[3].name != "drafts" or parts[1].name not in DRAFTS:
         return None
     folder = parts[4] / "data" / "vocab" / parts[2].name
-    names = [parts[0].name] if parts[0].name.startswith("external-") else []
+    names = [parts[0].name] if parts[0].name.startswith(EXTERNAL_SLUG) else []
     names.append(DRAFTS[parts[1].name].reference_vocab)
     found = [folder / f"{n}.json" for n in names if (folder / f"{n}.json").exists()]
     return found[0] if found else None
 
 
-def vocab_ids(path: str | Path | None) -> torch.Tensor | None:
+def vocab_tensor(path: str | Path | None) -> torch.Tensor | None:
     if path is None:
         return None
-    return torch.tensor(json.loads(Path(path).read_text())["draft_to_target"], dtype=torch.long)
+    return torch.tensor(vocab_ids(path), dtype=torch.long)
 
 
 def main(argv: list[str]) -> None:
@@ -76,11 +76,11 @@ def main(argv: list[str]) -> None:
     try:
         if args.command == "export":
             vocab = args.vocab or default_vocab(args.draft_dir)
-            info = target_info_from_checkpoint(args.target, vocab_ids(vocab))
+            info = target_info_from_checkpoint(args.target, vocab_tensor(vocab))
             draft = load_draft(args.draft_dir, info)
             out = export_draft(draft, info, args.out_dir, args.format, args.target, args.k)
         else:
-            info = target_info_from_checkpoint(args.target, vocab_ids(args.vocab))
+            info = target_info_from_checkpoint(args.target, vocab_tensor(args.vocab))
             draft = load_external(args.format, args.path, info)
             from specbench.io import atomic_dir
 

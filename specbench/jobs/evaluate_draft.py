@@ -8,12 +8,12 @@ that decode different numbers of rounds still run their forwards in step.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from specbench.artifacts import EvalMetrics, TrainStatus
 from specbench.data.splits import eval_split
 from specbench.decoding import Setting
 from specbench.decoding.estimators import measure_all, per_prompt_rows
@@ -94,29 +94,19 @@ def write_outputs(job: Job, rows: list[dict], k: int, draft, info, temperatures,
         df[f"accepted_{j + 1}"] = df["accepted_at"].map(at)
     df = df.drop(columns=["reached", "accepted_at"])
     wc = job.wildcards
-    meta = {
-        "target": wc["target"],
-        "draft_arch": wc["arch"],
-        "loss": job.params["loss"],
-        "seed": int(wc["seed"]),
-        "k_eval": k,
+    meta = EvalMetrics(
+        target=wc["target"],
+        draft_arch=wc["arch"],
+        loss=job.params["loss"],
+        seed=int(wc["seed"]),
+        k_eval=k,
         # all of the draft's own parameters, frozen ones too (MTP's released experts); the
         # target's embedding and head are shared buffers and do not count
-        "draft_params": sum(p.numel() for p in draft.parameters()),
-        "trainable_params": draft.num_trainable_parameters(),
-        "cost_ratio": draft.flops_per_step() / info.target_flops_per_token,
-        "cells": [{"domain": d, "temperature": t} for t in temperatures for d in domains],
-        "train_status": train_status(Path(job.input["draft"]).parent),
-    }
+        draft_params=sum(p.numel() for p in draft.parameters()),
+        trainable_params=draft.num_trainable_parameters(),
+        cost_ratio=draft.flops_per_step() / info.target_flops_per_token,
+        cells=[{"domain": d, "temperature": t} for t in temperatures for d in domains],
+        train_status=TrainStatus.label_of(Path(job.input["draft"]).parent),
+    )
     atomic_write_text(job.output["per_prompt"], df.to_csv(index=False))
-    atomic_write_text(job.output["metrics"], json.dumps(meta, indent=1))
-
-
-def train_status(draft_dir: Path) -> str:
-    """``complete``; ``stopped: <why>`` for a draft whose training stopped early (a
-    non-finite loss or gradient); ``external`` for a draft trained elsewhere."""
-    path = draft_dir / "train_status.json"
-    if not path.is_file():
-        return "external"
-    status = json.loads(path.read_text())
-    return status["status"] if status["status"] == "complete" else f"stopped: {status['reason']}"
+    meta.write(job.output["metrics"])

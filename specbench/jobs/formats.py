@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from specbench.artifacts import vocab_ids
 from specbench.drafts import load_draft
 from specbench.formats import FormatError, export_draft, external_vocab, load_external
 from specbench.io import atomic_dir, atomic_write_text
@@ -32,8 +33,8 @@ def _external(job: Job):
 
 
 def _info(job: Job):
-    vocab = json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"]
-    return target_info_from_checkpoint(job.params["model"], torch.tensor(vocab))
+    vocab = torch.tensor(vocab_ids(job.input["vocab"]))
+    return target_info_from_checkpoint(job.params["model"], vocab)
 
 
 def write_vocab(job: Job) -> None:
