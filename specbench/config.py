@@ -27,7 +27,7 @@ from specbench.data.hub import CompletionsSource
 from specbench.data.splits import eval_split
 from specbench.formats import IMPORT_ARCHS
 from specbench.schema import Strict
-from specbench.training.config import TrainConfig, per_arch
+from specbench.training.config import ArchName, PerArch, TrainConfig, per_arch, per_arch_values
 
 GGUF_PREFIX = "gguf:"
 # the formats specbench.formats reads (registered in formats/<arch>.py), as a type
@@ -40,11 +40,11 @@ class TargetConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gpus: int = Field(0, ge=0)
     zero3: dict[str, Any] = Field(default_factory=dict)
-    draft_archs: list[str] | None = None  # None: every arch of the matrix
+    draft_archs: list[ArchName] | None = None  # None: every arch of the matrix
     # drafts per online training job (train.features: online) on this target's GPUs: one
     # number, or per architecture with a "default"; None: every (loss, seed) in one job.
     # Bounded by GPU memory: docs/cluster.md, "Online training groups"
-    group_size: int | dict[str, int] | None = None
+    group_size: PerArch[int] | None = None
     # domain → released completions of this target: its training responses of that domain are
     # read from them (rule train_completions) instead of regenerated (specbench.data.completions)
     train_completions: dict[DomainName, CompletionsSource] = Field(default_factory=dict)
@@ -52,11 +52,8 @@ class TargetConfig(Strict):
     @field_validator("group_size")
     @classmethod
     def _group_size(cls, v: int | dict[str, int] | None) -> Any:
-        values = v.values() if isinstance(v, dict) else [] if v is None else [v]
-        if any(x < 1 for x in values):
+        if any(x < 1 for x in per_arch_values(v)):
             raise ValueError(f"group_size must be >= 1, got {v}")
-        if isinstance(v, dict) and "default" not in v:
-            raise ValueError("group_size per architecture needs a 'default' entry")
         return v
 
     def group_size_for(self, arch: str) -> int | None:
@@ -69,7 +66,7 @@ class TargetConfig(Strict):
 
 
 class EvalConfig(Strict):
-    k: dict[str, int]  # draft steps at evaluation per arch; "default" for the rest
+    k: PerArch[int]  # draft steps at evaluation: one number, or per arch with a "default"
     live_prompts: int = Field(ge=0)  # prompts per domain decoded live at T>0 (T=0 replays all)
     live_new_tokens: int = Field(gt=0)
     # unbiased T=1 τ (branch-verified, SPEC §4): response positions per eval prompt, a
@@ -99,7 +96,7 @@ class CurveConfig(Strict):
     ``steps`` on all the training data, and at ``train.steps`` on each fraction of it.
     """
 
-    arch: str = "eagle3"
+    arch: ArchName = "eagle3"
     loss: str = "kl"
     seed: int = 0
     steps: list[int] = Field(min_length=1)
@@ -134,7 +131,7 @@ class ExternalDraft(Strict):
     target: str
     format: ImportFormat
     path: str
-    arch: str | None = None
+    arch: ArchName | None = None
     vocab: Literal["own", "truncated", "full"] = "own"
     note: str = ""  # e.g. the model card its published τ comes from
 
@@ -179,7 +176,7 @@ class ExternalDraft(Strict):
 
 class Config(Strict):
     targets: dict[str, TargetConfig]
-    draft_archs: list[str] = Field(min_length=1)
+    draft_archs: list[ArchName] = Field(min_length=1)
     losses: list[str] = Field(min_length=1)
     domains: list[DomainName] = Field(min_length=1)
     temperatures: list[Literal[0, 1]] = Field(min_length=1)
@@ -189,10 +186,10 @@ class Config(Strict):
     train: TrainConfig
     eval: EvalConfig
     learning_curve: CurveConfig | None = None
-    arch_hparams: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    arch_hparams: dict[ArchName, dict[str, Any]] = Field(default_factory=dict)
     # per-architecture vocabulary overriding its reference's ("full" or "truncated" to
     # data.draft_vocab_size tokens): a stated deviation, e.g. for CPU time
-    arch_vocab: dict[str, Literal["truncated", "full"]] = Field(default_factory=dict)
+    arch_vocab: dict[ArchName, Literal["truncated", "full"]] = Field(default_factory=dict)
     threads: int = Field(1, gt=0)
     # drafts trained elsewhere, evaluated beside the matrix's own (specbench.formats)
     external_drafts: list[ExternalDraft] = Field(default_factory=list)
@@ -226,16 +223,6 @@ class Config(Strict):
             raise ValueError(f"unknown domain(s) {bad}; valid: {sorted(DOMAINS)}")
         return v
 
-    @field_validator("draft_archs")
-    @classmethod
-    def _archs(cls, v: list[str]) -> list[str]:
-        from specbench.drafts import DRAFTS
-
-        bad = [a for a in v if a not in DRAFTS]
-        if bad:
-            raise ValueError(f"unknown draft architecture(s) {bad}; valid: {sorted(DRAFTS)}")
-        return v
-
     @field_validator("losses")
     @classmethod
     def _losses(cls, v: list[str]) -> list[str]:
@@ -245,15 +232,12 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        from specbench.drafts import DRAFTS
         from specbench.losses import canonical
 
         if canonical(self.baseline_loss) not in self.losses:
             raise ValueError(f"baseline_loss {self.baseline_loss!r} must be one of losses")
-        if "default" not in self.eval.k:
-            raise ValueError("eval.k needs a 'default' entry")
         if 0 in self.temperatures:
-            need = self.eval.live_new_tokens + max(self.eval.k.values())
+            need = self.eval.live_new_tokens + max(per_arch_values(self.eval.k))
             if need > self.data.eval_new_tokens:
                 raise ValueError(
                     f"T=0 replay needs look-ahead: data.eval_new_tokens must be >= "
@@ -262,22 +246,7 @@ class Config(Strict):
         if self.learning_curve is not None and self.train.steps is None:
             raise ValueError("learning_curve needs train.steps (its data points train that long)")
         if self.learning_curve is not None:
-            if self.learning_curve.arch not in DRAFTS:
-                raise ValueError(
-                    f"learning_curve.arch: unknown {self.learning_curve.arch!r}; "
-                    f"valid: {sorted(DRAFTS)}"
-                )
             canonical(self.learning_curve.loss)  # raises with the valid names
-        for arch in self.arch_vocab:
-            if arch not in DRAFTS:
-                raise ValueError(f"arch_vocab: unknown arch {arch!r}; valid: {sorted(DRAFTS)}")
-        for arch in self.arch_hparams:
-            if arch not in DRAFTS:
-                raise ValueError(f"arch_hparams: unknown arch {arch!r}; valid: {sorted(DRAFTS)}")
-        for name, t in self.targets.items():
-            for arch in t.draft_archs or []:
-                if arch not in DRAFTS:
-                    raise ValueError(f"targets.{name}.draft_archs: unknown {arch!r}")
         self._check_training_domains()
         names = [e.name for e in self.external_drafts]
         if len(set(names)) != len(names):
@@ -358,6 +327,8 @@ def load_config(raw: dict[str, Any]) -> Config:
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = "unknown key (not in the schema)"
+            elif e["type"] == "literal_error":  # a registry's name (arch, format, ...)
+                msg += f", got {e['input']!r}"
             lines.append(f"  {where}: {msg}")
         raise ConfigError("invalid specbench config:\n" + "\n".join(lines)) from None
 
