@@ -51,8 +51,9 @@ def run(job: Job) -> None:
     draft = load_draft(Path(job.input["draft"]).parent, info).to(ctx.device).eval()
     k = usable_k(draft, cfg.eval.k_for(wc["arch"]))
     setting = Setting(
-        draft, k, int(wc["seed"]), runner, cfg.eval.live_prompts, cfg.eval.live_new_tokens,
-        cfg.eval.unbiased_anchors, eos, (ctx.rank, ctx.world),
+        draft, k, int(wc["seed"]), runner=runner, live_prompts=cfg.eval.live_prompts,
+        live_new_tokens=cfg.eval.live_new_tokens, unbiased_anchors=cfg.eval.unbiased_anchors,
+        eos_token_id=eos, shard=(ctx.rank, ctx.world),
     )  # fmt: skip
     mine: dict[Cell, dict[str, dict]] = {}  # cell -> estimator name -> prompt -> sums
     done, cells, t0 = 0, len(cfg.temperatures) * len(cfg.domains), time.time()
