@@ -59,6 +59,13 @@ def vocab_ids(path: str | Path) -> list[int]:
     return json.loads(Path(path).read_text())["draft_to_target"]
 
 
+def vocab_feature_layers(path: str | Path) -> tuple[int, ...] | None:
+    """The target layers the caches of a vocabulary hold, where they are not the default
+    (an external draft's own vocabulary, for a draft that reads other layers)."""
+    layers = json.loads(Path(path).read_text()).get("feature_layers")
+    return None if layers is None else tuple(layers)
+
+
 @dataclass
 class ResponseRow:
     """One target response: the prompt's tokens, the response's (through its first EOS) and,

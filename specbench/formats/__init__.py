@@ -60,7 +60,9 @@ Differences refused on import (each raises :class:`FormatError` naming it)
   width, head count or ``head_dim`` than the target's; more than one layer; a Qwen3 layer
   (q/k norms); biases; speculators' ``norm_before_residual``, ``norm_before_fc``, ``fc_norm``,
   ``norm_output`` (recycles the normed state); SGLang's ``norm_output: false`` (no final norm);
-  other target layers than our cache's; a trained ``embed_tokens``.
+  a trained ``embed_tokens``. Other auxiliary target layers than ours import (the draft's
+  ``aux_layers``; its own vocabulary file names them, and its caches are made at them);
+  over the run's vocabulary, whose caches hold ours, ``import_draft`` refuses it.
 - Vocabulary, every format: the run's draft vocabulary must hold the same target tokens as
   the checkpoint's (rows are reordered exactly); otherwise it is evaluated over its own
   vocabulary (``external_drafts: vocab: own``, the default, with caches of its own).

@@ -175,19 +175,29 @@ def check_layer(layer: dict[str, Any], info: TargetInfo, where: str) -> None:
     require(act == "silu", f"{where}: hidden_act {act!r} (ours: silu)")
 
 
-def check_aux(ids: list[int] | None, info: TargetInfo, where: str) -> None:
-    """The checkpoint must read the target layers our feature cache holds."""
-    ours = aux_layer_ids(info)
+def check_aux(ids: list[int] | None, info: TargetInfo, where: str) -> list[int] | None:
+    """The target layers the checkpoint reads: None where they are ours (the run's caches
+    hold them), else the three it names, each a layer the target has."""
+    n, ours = target_layers(info), aux_layer_ids(info)
+    if ids is None or list(ids) == ours:
+        return None
     require(
-        ids is None or ours is None or list(ids) == ours,
-        f"{where}: reads target layers {ids}; specbench's cache holds {ours}",
+        len(ids) == 3 and (n is None or all(0 <= int(i) <= n for i in ids)),
+        f"{where}: reads target layers {ids}, not three of the target's 0..{n}",
     )
+    return [int(i) for i in ids]
 
 
 def draft_from_tensors(
-    tensors: dict[str, torch.Tensor], prefix: str, info: TargetInfo, intermediate: int, where: str
+    tensors: dict[str, torch.Tensor],
+    prefix: str,
+    info: TargetInfo,
+    intermediate: int,
+    where: str,
+    aux: list[int] | None = None,
 ) -> Draft:
-    """Our ``eagle3`` from a checkpoint's tensors (layer under ``prefix``)."""
+    """Our ``eagle3`` from a checkpoint's tensors (layer under ``prefix``; ``aux``: the target
+    layers it reads where they are not ours)."""
     missing = [n for n in TOP_NAMES if n not in tensors]
     missing += [prefix + n for n in LAYER_NAMES if prefix + n not in tensors]
     require(not missing, f"{where}: missing tensors {missing}")
@@ -209,7 +219,7 @@ def draft_from_tensors(
             f"{where}: its embed_tokens is not the target's embedding (ours is frozen to the "
             f"target's; max |Δ| = {err})",
         )
-    draft = build_draft("eagle3", info, intermediate_size=intermediate)
+    draft = build_draft("eagle3", info, intermediate_size=intermediate, aux_layers=aux)
     state = {n: tensors[n] for n in TOP_NAMES}
     state["lm_head.weight"] = state["lm_head.weight"][rows]
     state.update({n: tensors[prefix + n] for n in LAYER_NAMES})
@@ -229,9 +239,9 @@ def load_speculators(path: str | Path, info: TargetInfo) -> Draft:
         require(not cfg.get(flag, False), f"{where}: {flag} = true (our eagle3 has none of it)")
     hidden = cfg.get("target_hidden_size") or info.hidden_size
     require(hidden == info.hidden_size, f"{where}: target_hidden_size {hidden}")
-    check_aux(cfg.get("eagle_aux_hidden_state_layer_ids"), info, where)
+    aux = check_aux(cfg.get("eagle_aux_hidden_state_layer_ids"), info, where)
     inter = int(layer.get("intermediate_size", info.intermediate_size))
-    return draft_from_tensors(tensors, LAYER["speculators"], info, inter, where)
+    return draft_from_tensors(tensors, LAYER["speculators"], info, inter, where, aux)
 
 
 def load_sglang(path: str | Path, info: TargetInfo) -> Draft:
@@ -246,10 +256,10 @@ def load_sglang(path: str | Path, info: TargetInfo) -> Draft:
     hidden = cfg.get("target_hidden_size") or info.hidden_size
     require(hidden == info.hidden_size, f"{where}: target_hidden_size {hidden}")
     eagle = cfg.get("eagle_config") or {}
-    check_aux(eagle.get("eagle_aux_hidden_state_layer_ids"), info, where)
+    aux = check_aux(eagle.get("eagle_aux_hidden_state_layer_ids"), info, where)
     inter = int(cfg.get("intermediate_size", info.intermediate_size))
     try:
-        return draft_from_tensors(tensors, LAYER["sglang"], info, inter, where)
+        return draft_from_tensors(tensors, LAYER["sglang"], info, inter, where, aux)
     except KeyError as err:  # pragma: no cover - names checked above
         raise FormatError(f"{where}: missing {err}") from None
 
@@ -287,7 +297,7 @@ def export_speculators(draft: Draft, info: TargetInfo, out: Path, verifier: str,
         "norm_output": False,
         "embed_requires_grad": False,
         "target_hidden_size": None,
-        "eagle_aux_hidden_state_layer_ids": aux_layer_ids(info),
+        "eagle_aux_hidden_state_layer_ids": draft.aux_layers or aux_layer_ids(info),
         "torch_dtype": "float32",
         "speculators_config": {
             "algorithm": "eagle3",
@@ -321,7 +331,7 @@ def export_sglang(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: i
         architectures=["LlamaForCausalLMEagle3"],
         draft_vocab_size=info.draft_vocab_size,
         target_hidden_size=info.hidden_size,
-        eagle_config={"eagle_aux_hidden_state_layer_ids": aux_layer_ids(info)},
+        eagle_config={"eagle_aux_hidden_state_layer_ids": draft.aux_layers or aux_layer_ids(info)},
         torch_dtype="float32",
     )
     return write_checkpoint(out, config, tensors_out(draft, info, "sglang"))

@@ -43,12 +43,13 @@ def run(job: Job) -> None:
     ctx = start(job)
     cfg, wc = ctx.cfg, job.wildcards
     model = ctx.target()
-    lockstep = ctx.zero3 and ctx.world > 1
-    runner = TargetRunner(Lockstep(model) if lockstep else model)
     eos = load_tokenizer(job.params["model"]).eos_token_id
     first = FeatureCache(job.input["caches"][0])
     info = target_info_from_checkpoint(job.params["model"], first.draft_to_target)
     draft = load_draft(Path(job.input["draft"]).parent, info).to(ctx.device).eval()
+    lockstep = ctx.zero3 and ctx.world > 1
+    layers = draft.target_layers(model.config.num_hidden_layers)  # live decoding's features
+    runner = TargetRunner(Lockstep(model) if lockstep else model, layers)
     k = usable_k(draft, cfg.eval.k_for(wc["arch"]))
     setting = Setting(
         draft, k, int(wc["seed"]), runner=runner, live_prompts=cfg.eval.live_prompts,

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from specbench.artifacts import vocab_ids
+from specbench.artifacts import vocab_feature_layers, vocab_ids
 from specbench.config import Config
 from specbench.dist import gather_to_rank0, lockstep_batches
 from specbench.features.cache import concat_caches, read_sequences, save_cache
@@ -40,7 +40,7 @@ def run(job: Job) -> None:
     out = job.output["cache"]
     d2t = torch.tensor(vocab_ids(job.input["vocab"]))
     seqs = read_sequences(job.input["responses"], merged=job.stage == "features_train")
-    runner = TargetRunner(ctx.target())
+    runner = TargetRunner(ctx.target(), vocab_feature_layers(job.input["vocab"]))
     size = ctx.cfg.data.feature_batch_size
     batches = list(enumerate(seqs[i : i + size] for i in range(0, len(seqs), size)))
     kv = stores_prefix_kv(job, ctx.cfg)

@@ -25,6 +25,7 @@ from specbench.features.cache import FeatureCache
 from specbench.io import atomic_write_text
 from specbench.losses import build as build_loss
 from specbench.targets.info import TargetInfo
+from specbench.targets.runner import feature_layer_indices
 from specbench.training.config import TrainConfig
 from specbench.training.trainer import FeatureSource, Member, make_member, train_group
 
@@ -75,6 +76,9 @@ def train_runs(
     for run in mine:
         torch.manual_seed(run.seed)  # the draft's initialisation: the same alone or in a group
         draft = build_draft(arch, info, **hparams)
+        layers = getattr(info.extra.get("hf_config"), "num_hidden_layers", None)
+        if layers and draft.target_layers(layers) != feature_layer_indices(layers):
+            raise ValueError(f"{arch} {hparams}: training features hold the default layers")
         members.append(make_member(run.name, draft, build_loss(run.loss), run.seed, train, device))
     n = len(source)
     sequences = None if data_fraction >= 1 else data_subset(n, data_fraction)
