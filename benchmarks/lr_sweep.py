@@ -81,8 +81,8 @@ def main() -> None:
                 out = Path(args.out) / f"{args.arch}_{args.loss}_lr{lr:g}_steps{steps}_seed{seed}"
                 t = time.time()
                 hp = cfg.arch_hparams.get(args.arch, {})
-                train_cell(caches / "train.safetensors", str(model), args.arch, hp, args.loss,
-                           seed, train, out, log=lambda *a: None)  # fmt: skip
+                train_cell(FeatureCache(caches / "train.safetensors"), info, args.arch, hp,
+                           args.loss, seed, train, out, log=lambda *a: None)  # fmt: skip
                 secs = time.time() - t
                 draft = load_draft(out, info).eval()
                 k = usable_k(draft, cfg.eval.k_for(args.arch))

@@ -20,14 +20,18 @@ from pydantic import (
     model_validator,
 )
 
+from specbench.artifacts import EXTERNAL_PREFIX, loss_slug
 from specbench.data.config import DataConfig, DomainName
 from specbench.data.domains import DOMAINS
 from specbench.data.hub import CompletionsSource
 from specbench.data.splits import eval_split
+from specbench.formats import IMPORT_ARCHS
 from specbench.schema import Strict
-from specbench.training.config import TrainConfig, per_arch
+from specbench.training.config import ArchName, PerArch, TrainConfig, per_arch, per_arch_values
 
 GGUF_PREFIX = "gguf:"
+# the formats specbench.formats reads (registered in formats/<arch>.py), as a type
+ImportFormat = Literal[tuple(IMPORT_ARCHS)]  # type: ignore[valid-type]
 
 
 class TargetConfig(Strict):
@@ -36,15 +40,15 @@ class TargetConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gpus: int = Field(0, ge=0)
     zero3: dict[str, Any] = Field(default_factory=dict)
-    draft_archs: list[str] | None = None  # None: every arch of the matrix
+    draft_archs: list[ArchName] | None = None  # None: every arch of the matrix
     # drafts per online training job (train.features: online) on this target's GPUs: one
     # number, or per architecture with a "default"; None: every (loss, seed) in one job.
     # Bounded by GPU memory: docs/cluster.md, "Online training groups"
-    group_size: int | dict[str, int] | None = None
+    group_size: PerArch[int] | None = None
     # the GPU type the online training jobs ask SLURM for (``--gpus=<model>:N``): one name, or
     # per architecture with a "default"; "" = any GPU of the partition. ``python -m
     # specbench.plan`` checks each job against that GPU's memory (its ``GPU_GIB`` table)
-    gpu_model: str | dict[str, str] = ""
+    gpu_model: PerArch[str] = ""
     # sequences per forward/backward of this target's online training jobs, in place of
     # ``train.micro_batch_size`` (None: that one): the largest that fits, per the planner
     micro_batch_size: int | None = Field(None, gt=0)
@@ -55,18 +59,8 @@ class TargetConfig(Strict):
     @field_validator("group_size")
     @classmethod
     def _group_size(cls, v: int | dict[str, int] | None) -> Any:
-        values = v.values() if isinstance(v, dict) else [] if v is None else [v]
-        if any(x < 1 for x in values):
+        if any(x < 1 for x in per_arch_values(v)):
             raise ValueError(f"group_size must be >= 1, got {v}")
-        if isinstance(v, dict) and "default" not in v:
-            raise ValueError("group_size per architecture needs a 'default' entry")
-        return v
-
-    @field_validator("gpu_model")
-    @classmethod
-    def _gpu_model(cls, v: str | dict[str, str]) -> Any:
-        if isinstance(v, dict) and "default" not in v:
-            raise ValueError("gpu_model per architecture needs a 'default' entry")
         return v
 
     def gpu_model_for(self, arch: str) -> str:
@@ -83,7 +77,7 @@ class TargetConfig(Strict):
 
 
 class EvalConfig(Strict):
-    k: dict[str, int]  # draft steps at evaluation per arch; "default" for the rest
+    k: PerArch[int]  # draft steps at evaluation: one number, or per arch with a "default"
     live_prompts: int = Field(ge=0)  # prompts per domain decoded live at T>0 (T=0 replays all)
     live_new_tokens: int = Field(gt=0)
     # unbiased T=1 τ (branch-verified, SPEC §4): response positions per eval prompt, a
@@ -113,7 +107,7 @@ class CurveConfig(Strict):
     ``steps`` on all the training data, and at ``train.steps`` on each fraction of it.
     """
 
-    arch: str = "eagle3"
+    arch: ArchName = "eagle3"
     loss: str = "kl"
     seed: int = 0
     steps: list[int] = Field(min_length=1)
@@ -134,9 +128,6 @@ class CurveConfig(Strict):
         return sorted(set(v))
 
 
-EXTERNAL_PREFIX = "external:"  # the loss label of an external draft: external:<name>
-
-
 class ExternalDraft(Strict):
     """A draft trained elsewhere, evaluated as a matrix entry (``loss`` = ``external:<name>``).
 
@@ -149,9 +140,9 @@ class ExternalDraft(Strict):
 
     name: str
     target: str
-    format: Literal["speculators", "sglang", "vllm"]  # = specbench.formats.IMPORT_ARCHS
+    format: ImportFormat
     path: str
-    arch: str | None = None
+    arch: ArchName | None = None
     vocab: Literal["own", "truncated", "full"] = "own"
     note: str = ""  # e.g. the model card its published τ comes from
 
@@ -166,8 +157,6 @@ class ExternalDraft(Strict):
     @classmethod
     def _default_arch(cls, v: Any) -> Any:
         """A format that holds one architecture names it (speculators, sglang: eagle3)."""
-        from specbench.formats import IMPORT_ARCHS
-
         if isinstance(v, dict) and v.get("arch") is None:
             archs = IMPORT_ARCHS.get(v.get("format"), ())
             if len(archs) == 1:
@@ -176,8 +165,6 @@ class ExternalDraft(Strict):
 
     @model_validator(mode="after")
     def _arch(self) -> ExternalDraft:
-        from specbench.formats import IMPORT_ARCHS
-
         archs = IMPORT_ARCHS[self.format]
         if self.arch not in archs:
             raise ValueError(f"{self.name}: a {self.format} checkpoint holds one of {list(archs)}")
@@ -190,7 +177,7 @@ class ExternalDraft(Strict):
     @property
     def slug(self) -> str:
         """Its folder in place of a loss: ``results/drafts/<target>/<arch>/external-<name>``."""
-        return f"external-{self.name}"
+        return loss_slug(self.loss)
 
     @property
     def vocab_name(self) -> str:
@@ -200,7 +187,7 @@ class ExternalDraft(Strict):
 
 class Config(Strict):
     targets: dict[str, TargetConfig]
-    draft_archs: list[str] = Field(min_length=1)
+    draft_archs: list[ArchName] = Field(min_length=1)
     losses: list[str] = Field(min_length=1)
     domains: list[DomainName] = Field(min_length=1)
     temperatures: list[Literal[0, 1]] = Field(min_length=1)
@@ -210,10 +197,10 @@ class Config(Strict):
     train: TrainConfig
     eval: EvalConfig
     learning_curve: CurveConfig | None = None
-    arch_hparams: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    arch_hparams: dict[ArchName, dict[str, Any]] = Field(default_factory=dict)
     # per-architecture vocabulary overriding its reference's ("full" or "truncated" to
     # data.draft_vocab_size tokens): a stated deviation, e.g. for CPU time
-    arch_vocab: dict[str, Literal["truncated", "full"]] = Field(default_factory=dict)
+    arch_vocab: dict[ArchName, Literal["truncated", "full"]] = Field(default_factory=dict)
     threads: int = Field(1, gt=0)
     # drafts trained elsewhere, evaluated beside the matrix's own (specbench.formats)
     external_drafts: list[ExternalDraft] = Field(default_factory=list)
@@ -247,16 +234,6 @@ class Config(Strict):
             raise ValueError(f"unknown domain(s) {bad}; valid: {sorted(DOMAINS)}")
         return v
 
-    @field_validator("draft_archs")
-    @classmethod
-    def _archs(cls, v: list[str]) -> list[str]:
-        from specbench.drafts import DRAFTS
-
-        bad = [a for a in v if a not in DRAFTS]
-        if bad:
-            raise ValueError(f"unknown draft architecture(s) {bad}; valid: {sorted(DRAFTS)}")
-        return v
-
     @field_validator("losses")
     @classmethod
     def _losses(cls, v: list[str]) -> list[str]:
@@ -266,15 +243,12 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        from specbench.drafts import DRAFTS
         from specbench.losses import canonical
 
         if canonical(self.baseline_loss) not in self.losses:
             raise ValueError(f"baseline_loss {self.baseline_loss!r} must be one of losses")
-        if "default" not in self.eval.k:
-            raise ValueError("eval.k needs a 'default' entry")
         if 0 in self.temperatures:
-            need = self.eval.live_new_tokens + max(self.eval.k.values())
+            need = self.eval.live_new_tokens + max(per_arch_values(self.eval.k))
             if need > self.data.eval_new_tokens:
                 raise ValueError(
                     f"T=0 replay needs look-ahead: data.eval_new_tokens must be >= "
@@ -283,22 +257,7 @@ class Config(Strict):
         if self.learning_curve is not None and self.train.steps is None:
             raise ValueError("learning_curve needs train.steps (its data points train that long)")
         if self.learning_curve is not None:
-            if self.learning_curve.arch not in DRAFTS:
-                raise ValueError(
-                    f"learning_curve.arch: unknown {self.learning_curve.arch!r}; "
-                    f"valid: {sorted(DRAFTS)}"
-                )
             canonical(self.learning_curve.loss)  # raises with the valid names
-        for arch in self.arch_vocab:
-            if arch not in DRAFTS:
-                raise ValueError(f"arch_vocab: unknown arch {arch!r}; valid: {sorted(DRAFTS)}")
-        for arch in self.arch_hparams:
-            if arch not in DRAFTS:
-                raise ValueError(f"arch_hparams: unknown arch {arch!r}; valid: {sorted(DRAFTS)}")
-        for name, t in self.targets.items():
-            for arch in t.draft_archs or []:
-                if arch not in DRAFTS:
-                    raise ValueError(f"targets.{name}.draft_archs: unknown {arch!r}")
         self._check_training_domains()
         names = [e.name for e in self.external_drafts]
         if len(set(names)) != len(names):
@@ -371,12 +330,6 @@ class Config(Strict):
         return [a for a in self.draft_archs if only is None or a in only]
 
 
-def loss_slug(spec: str) -> str:
-    """A path-safe name for a loss spec: ``lk_lambda(eta=10)`` → ``lk_lambda-eta10``."""
-    s = spec.replace("+", "__").replace("(", "-").replace(")", "").replace("=", "")
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", s.replace(",", "_"))
-
-
 class ConfigError(ValueError):
     """A config problem, phrased for the person who wrote the YAML."""
 
@@ -392,6 +345,8 @@ def load_config(raw: dict[str, Any]) -> Config:
             msg = e["msg"].removeprefix("Value error, ")
             if e["type"] == "extra_forbidden":
                 msg = "unknown key (not in the schema)"
+            elif e["type"] == "literal_error":  # a registry's name (arch, format, ...)
+                msg += f", got {e['input']!r}"
             lines.append(f"  {where}: {msg}")
         raise ConfigError("invalid specbench config:\n" + "\n".join(lines)) from None
 

@@ -17,7 +17,8 @@ from ranks import ROOT
 from safetensors.torch import load_file
 from tiny import tiny_llama
 
-from specbench.config import load_config, loss_slug
+from specbench.artifacts import loss_slug
+from specbench.config import load_config
 from specbench.features.cache import Sequence
 from specbench.jobs import Job
 

@@ -68,12 +68,15 @@ def ensure_peers() -> Path:
     return SITE
 
 
-def speculators_eagle3(layer, d2t, verifier: str, k: int, seed: int, out: Path, **flags):
+def speculators_eagle3(
+    layer, d2t, verifier: str, k: int, seed: int, out: Path, aux=(2, 4, 5), **flags
+):
     """A random EAGLE-3 built and saved by speculators itself (its training entry point).
 
     ``layer``: the target's transformers config with one layer; ``d2t`` [Vd] the draft
-    vocabulary (target ids, sorted). The norms and head are perturbed too, so every weight
-    is random. ``flags``: e.g. ``norm_before_residual=True``. Returns the peer model.
+    vocabulary (target ids, sorted); ``aux``: the target layers it reads. The norms and head
+    are perturbed too, so every weight is random. ``flags``: e.g.
+    ``norm_before_residual=True``. Returns the peer model.
     """
     import torch
     from speculators.models.eagle3 import Eagle3DraftModel
@@ -87,7 +90,7 @@ def speculators_eagle3(layer, d2t, verifier: str, k: int, seed: int, out: Path, 
         t2d=t2d,
         d2t=d2t - torch.arange(vd),
         verifier_name_or_path=verifier,
-        target_layer_ids=[2, 4, 5],
+        target_layer_ids=list(aux),
         draft_vocab_size=vd,
         norm_before_residual=flags.get("norm_before_residual", False),
         ttt_steps=k,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,7 @@ def read(tok, source, n=10, max_prompt=64, max_new=24, exclude=PROMPTS["eval"]):
     from specbench.data.completions import CompletionStats, completion_rows
 
     stats = CompletionStats()
-    rows = list(completion_rows(source, tok, n, max_prompt, max_new, exclude, stats))
+    rows = [asdict(r) for r in completion_rows(source, tok, n, max_prompt, max_new, exclude, stats)]
     return rows, stats
 
 

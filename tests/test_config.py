@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 
-from specbench.config import ConfigError, load_config, loss_slug
+from specbench.artifacts import loss_slug
+from specbench.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "workflow/schemas/config.schema.json").read_text())
@@ -160,7 +162,7 @@ def test_vocabulary_per_architecture_follows_the_reference_unless_overridden():
     cfg["arch_vocab"] = {"medusa": "truncated"}
     assert load_config(cfg).vocab_for("medusa") == "truncated"
     cfg["arch_vocab"] = {"medusa_v2": "full"}
-    with pytest.raises(ConfigError, match="arch_vocab: unknown arch 'medusa_v2'"):
+    with pytest.raises(ConfigError, match=r"arch_vocab.medusa_v2.\[key\]: Input should be"):
         load_config(cfg)
 
 
@@ -172,5 +174,29 @@ def test_group_size_per_architecture_and_groups():
     runs = [r for g in cfg.train_groups("llama33-70b", "eagle3") for r in g]
     assert runs == [(loss, s) for loss in cfg.losses for s in cfg.seeds]  # each once, in order
     raw["targets"]["llama31-8b"]["group_size"] = {"medusa": 1}
-    with pytest.raises(ConfigError, match="group_size per architecture needs a 'default'"):
+    with pytest.raises(ConfigError, match="group_size: per architecture needs a 'default'"):
         load_config(raw)
+
+
+def test_architecture_names_and_per_architecture_settings_are_types():
+    """``ArchName`` (the draft registry's names) and ``PerArch[T]`` (one value, or one per
+    architecture with a ``default``) check every place that names an architecture alike."""
+    cfg = copy.deepcopy(raw())
+    cfg["eval"]["k"] = 4  # one number for every architecture
+    assert load_config(cfg).eval.k_for("medusa") == 4
+    bad_places = {
+        "draft_archs": lambda c: c.update(draft_archs=["eagle4"]),
+        "arch_hparams.eagle4.[key]": lambda c: c.update(arch_hparams={"eagle4": {}}),
+        "learning_curve.arch": lambda c: c.update(learning_curve={"arch": "eagle4", "steps": [1]}),
+        "train.k.dict": lambda c: c["train"].update(k={"default": 3, "eagle4": 2}),
+    }
+    for where, spoil in bad_places.items():
+        c = copy.deepcopy(cfg)
+        spoil(c)
+        with pytest.raises(ConfigError, match=rf"{re.escape(where)}.*'block_diffusion', 'eagle3'"):
+            load_config(c)
+    for section, key in (("eval", "k"), ("train", "lr")):
+        c = copy.deepcopy(cfg)
+        c[section][key] = {"eagle3": 1}
+        with pytest.raises(ConfigError, match=rf"{section}.{key}: per architecture needs a 'def"):
+            load_config(c)

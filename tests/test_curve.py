@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from specbench.aggregation.curve import write_curve
+from specbench.artifacts import EvalMetrics
 from specbench.training.recipe import data_subset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,9 @@ def _point(root: Path, steps: int, data: float, tau_sum: float) -> Path:
     d = root / f"steps{steps}_data{data:g}"
     d.mkdir(parents=True)
     meta = {"target": "t", "draft_arch": "eagle3", "loss": "kl", "seed": 0, "k_eval": 2}
-    (d / "metrics.json").write_text(json.dumps({**meta, "draft_params": 1, "cost_ratio": 0.1}))
+    EvalMetrics(**meta, draft_params=1, trainable_params=1, cost_ratio=0.1, cells=[]).write(
+        d / "metrics.json"
+    )
     rows = [
         {"domain": dom, "temperature": t, "prompt_index": p, "anchors": 10,
          "tau_expected_sum": tau_sum, "rounds": 5, "accepted_sum": 3, "tokens": 8,

@@ -22,11 +22,13 @@ from peers_site import ensure_peers, speculators_eagle3
 from test_interop import speculators_logits
 from tiny import save_tiny_chat_target
 
-from specbench.aggregation.tables import EXTERNAL_PREFIX, load_per_prompt, tau_table
-from specbench.config import EXTERNAL_PREFIX as CONFIG_PREFIX
+from specbench.aggregation.tables import load_per_prompt, tau_table
+from specbench.artifacts import losses_by_slug, vocab_ids
 from specbench.config import load_config
 from specbench.data.splits import eval_split
 from specbench.drafts import load_draft
+from specbench.features.cache import FeatureCache
+from specbench.formats import FormatError
 from specbench.jobs import Job, launch
 from specbench.targets.info import target_info_from_model
 
@@ -79,7 +81,7 @@ def test_config_names_external_drafts(target, checkpoint):
         "external-peer",
         "external-peer",
     )
-    assert CONFIG_PREFIX == EXTERNAL_PREFIX
+    assert losses_by_slug(["kl", ext.loss]) == {"kl": "kl", "external-peer": "external:peer"}
     bad = config(target, ckpt)
     bad["external_drafts"][0].update(format="vllm")  # holds medusa or mlp_speculator
     with pytest.raises(ValueError, match="holds one of"):
@@ -169,3 +171,61 @@ def test_external_draft_through_the_stages(target, checkpoint, tmp_path):
     assert ours.loc[0, "hub_id"] == str(ckpt)
     assert released["card_tau"].notna().sum() == 4  # the two model cards, T = 0 and 1
     assert (figures / "released_drafts.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_draft_reading_other_target_layers_gets_caches_of_its_own(target, tmp_path):
+    """An EAGLE-3 checkpoint (made by speculators) that fuses target layers 1, 3, 6 instead of
+    our 2, 4, 5: its vocabulary file names its layers, its caches hold them, it imports (it
+    was refused) and is evaluated; over the run's vocabulary, whose caches hold ours, it is
+    refused with the reason."""
+    ensure_peers()
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    layer = AutoConfig.from_pretrained(target)
+    layer.num_hidden_layers = 1
+    d2t = torch.randperm(layer.vocab_size, generator=torch.Generator().manual_seed(1))[:VD]
+    ckpt = tmp_path / "peer-aux"
+    speculators_eagle3(layer, d2t.sort().values, str(target), K, 5, ckpt, aux=(1, 3, 6))
+    cfg = config(target, ckpt)
+    common = {"config": cfg, "params": {"model": str(target)}}
+    wc = {"target": "tiny", "name": "peer"}
+    vocab = tmp_path / "vocab.json"
+    launch(Job("external_vocab", wildcards=wc, input={}, output={"vocab": str(vocab)}, **common))
+    assert json.loads(vocab.read_text())["feature_layers"] == [1, 3, 6, 8]
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(PROMPTS))
+    split, wcs = eval_split(1), {"target": "tiny", "split": eval_split(1), "domain": "general"}
+    resp, cache = tmp_path / "r.jsonl", tmp_path / "features" / split / "general.safetensors"
+    launch(Job("responses", wildcards=wcs, input={"prompts": str(prompts)},
+               output={"responses": str(resp)}, **common))  # fmt: skip
+    launch(Job("features_eval", wildcards=wcs,
+               input={"responses": [str(resp)], "vocab": str(vocab)},
+               output={"cache": str(cache)}, **common))  # fmt: skip
+    seq = FeatureCache(cache).sequence(0)
+    model = AutoModelForCausalLM.from_pretrained(target).eval()
+    with torch.no_grad():
+        hs = model(seq["input_ids"][None], output_hidden_states=True).hidden_states
+    torch.testing.assert_close(seq["features"], torch.stack([hs[i][0] for i in (1, 3, 6, 8)], 1))
+
+    draft_dir = tmp_path / "drafts" / "external-peer" / "seed0"
+    imp = Job("import_draft", wildcards={**wc, "arch": "eagle3"}, input={"vocab": str(vocab)},
+              output={"model": str(draft_dir / "model.safetensors")}, **common)  # fmt: skip
+    launch(imp)
+    info = target_info_from_model(model, torch.tensor(vocab_ids(vocab)))
+    assert load_draft(draft_dir, info).target_layers(8) == (1, 3, 6, 8)
+    eval_dir = tmp_path / "eval"
+    launch(Job("evaluate_draft", wildcards={**wc, "arch": "eagle3", "loss": "external-peer",
+                                           "seed": "0"},
+               input={"draft": str(draft_dir / "model.safetensors"), "caches": [str(cache)]},
+               output={"metrics": str(eval_dir / "metrics.json"),
+                       "per_prompt": str(eval_dir / "per_prompt.csv")},
+               config={**cfg, "temperatures": [1]},
+               params={"model": str(target), "loss": "external:peer"}))  # fmt: skip
+    tau = tau_table(load_per_prompt([eval_dir]))
+    assert tau["tau_expected"].between(1, K + 1).all() and tau["tau_live"].between(1, K + 1).all()
+
+    run_vocab = tmp_path / "run_vocab.json"  # the run's vocabulary: caches at our layers
+    run_vocab.write_text(json.dumps({"draft_to_target": vocab_ids(vocab)}))
+    imp.input, imp.output = {"vocab": str(run_vocab)}, {"model": str(tmp_path / "x/model.st")}
+    with pytest.raises(FormatError, match=r"reads target layers \(1, 3, 6, 8\)"):
+        launch(imp)

@@ -7,12 +7,14 @@ of the module it names; a module may import its own layer's package or lower lay
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "specbench"
 # bottom to top; a layer may use anything below it (README, "Layout")
 LAYERS = [
     {"io", "schema", "acceptance"},  # file writes, settings base class, α = Σ min(p, q)
+    {"artifacts"},  # the typed files that pass between stages, and their path names
     {"dist"},  # process groups and lockstep helpers for multi-rank jobs
     {"losses", "features"},  # loss functions; the feature-cache format and draft vocabulary
     {"targets"},  # loading and running target models
@@ -73,3 +75,20 @@ def test_imports_go_down():
         if here != there and RANK[there] >= RANK[here]
     ]
     assert not wrong, "imports that go up or sideways:\n" + "\n".join(wrong)
+
+
+def test_every_extension_kind_names_its_file_and_an_existing_test():
+    """README, "Extending specbench": one row per kind of component, each naming the file it
+    takes and tests that exist."""
+    readme = (ROOT.parent / "README.md").read_text()
+    table = readme.split("## Extending specbench", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| a")]
+    kinds = [r[0].removeprefix("| ") for r in rows]
+    assert kinds == [
+        "a loss", "a per-row statistic", "an architecture", "a checkpoint format",
+        "a τ estimator", "a domain", "a target",
+    ]  # fmt: skip
+    for row in rows:
+        tests = re.findall(r"tests/[\w/]+\.py", row[-1])
+        assert tests, row[0]
+        assert all((ROOT.parent / t).is_file() for t in tests), (row[0], tests)

@@ -19,7 +19,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from specbench.losses import LOSSES, Rows, build, canonical, core, suffix_survival
-from specbench.losses.rowstats import LOG2, T_FLOOR
+from specbench.losses.eager import LOG2, STATISTICS, eager_row_stats
+from specbench.losses.rowstats import STAT_NAMES, Request, row_stats
 
 F64 = torch.float64
 
@@ -365,29 +366,49 @@ def test_padded_rows_with_zero_alpha_are_finite_with_zero_gradient(spec):
     assert loss.item() == pytest.approx(want.item(), abs=1e-12)
 
 
-def naive_row_stats(z, t, y, req, chunk_rows=None):
-    """The row statistics of :mod:`specbench.losses.rowstats` by their definitions, in plain
-    autograd (full-vocabulary tensors, no custom backward)."""
-    lq = z.log_softmax(-1)
-    q = lq.exp()
-    p = t.exp()
-    zsum = p.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
-    pt = p / zsum
-    lpt = t.clamp_min(T_FLOOR) - zsum.log()
-    lm = torch.logaddexp(lq, lpt) - LOG2
-    a = pt if req.alpha_on == "p_tilde" else p
-    r = (a > q).to(q.dtype)
-    stats = {
-        "kl": lambda: (pt * (lpt - lq)).sum(-1),
-        "rkl": lambda: (q * (lq - lpt)).sum(-1),
-        "jsd": lambda: 0.5 * (pt * (lpt - lm)).sum(-1) + 0.5 * (q * (lq - lm)).sum(-1),
-        "alpha": lambda: torch.minimum(a, q).sum(-1),
-        "pg_r": lambda: (q.detach() * r * lq).sum(-1),
-        "pg_1": lambda: (q.detach() * lq).sum(-1),
-        "pg_s": lambda: (q * r).sum(-1).detach(),
-        "logq_y": lambda: lq.gather(-1, y.clamp_min(0)[:, None])[:, 0],
-    }
-    return {name: stats[name]() for name in req.names}
+def eager_only(z, t, y, req, chunk_rows=None):
+    """``row_stats`` with every statistic from its eager definition (no fused kernel)."""
+    dtype = torch.float64 if torch.float64 in (z.dtype, t.dtype) else torch.float32
+    return eager_row_stats(z, t, y, req.names, req.alpha_on, dtype)
+
+
+@pytest.mark.parametrize("alpha_on", ["p", "p_tilde"])
+@pytest.mark.parametrize("name", STAT_NAMES)
+def test_every_fused_statistic_equals_its_eager_twin(name, alpha_on):
+    """Value and gradient of each fused statistic (chunked, closed-form backward) against
+    its definition in :mod:`specbench.losses.eager` (autograd), on rows with a −inf target."""
+    z, t, _, labels = inputs(n=6, k=1, v=9, scale=2.0)
+    z, t, y = z.detach().view(6, 9).requires_grad_(), t.view(6, 9), labels.view(6)
+    t[0, 2] = -math.inf  # a token the target never emits
+    req = Request(eager=(name,), alpha_on=alpha_on)
+    fused = {"pg_r": "pg", "pg_1": "pg", "pg_s": "pg"}.get(name, name)
+    got = row_stats(z, t, y, Request(**{fused: True}, alpha_on=alpha_on), chunk_rows=4)[name]
+    want = eager_row_stats(z, t, y, req.eager, alpha_on)[name]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if want.requires_grad:  # pg_s is detached
+        w = torch.linspace(0.5, 1.5, 6, dtype=F64)  # an upstream gradient per row
+        (g_got,) = torch.autograd.grad((w * got).sum(), z)
+        (g_want,) = torch.autograd.grad((w * want).sum(), z)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_statistic_without_a_fused_kernel_comes_from_the_eager_table():
+    """``bc`` (Bhattacharyya) has no kernel: ``row_stats`` computes it eagerly, beside the
+    fused ones, and ``hellinger`` on it is ``1 − Σ sqrt(p̃ q)``."""
+    assert "bc" not in STAT_NAMES and set(STAT_NAMES) < set(STATISTICS)
+    z, t, mask = one([0.9, 0.1], [0.25, 0.25])  # p̃ = (½, ½): Z = ½ is renormalised away
+    stats = row_stats(z.view(1, 2), t.view(1, 2), None, Request(kl=True, eager=("bc",)))
+    bc = math.sqrt(0.45) + math.sqrt(0.05)
+    assert stats["bc"].item() == pytest.approx(bc, abs=1e-12)
+    assert stats["kl"].item() == pytest.approx(0.5 * math.log(0.5 / 0.9 * 0.5 / 0.1), abs=1e-12)
+    assert run("hellinger", z, t, mask).item() == pytest.approx(1 - bc, abs=1e-12)
+    # ∂H²/∂z = −½ (s − q Σ s), s = sqrt(p̃ q): the gradient of 1 − Σ exp(½(log p̃ + log q))
+    s = torch.tensor([math.sqrt(0.45), math.sqrt(0.05)], dtype=F64)
+    q = torch.tensor([0.9, 0.1], dtype=F64)
+    want = -0.5 * (s - q * s.sum())
+    torch.testing.assert_close(grad("hellinger", z, t, mask).view(2), want)
+    z2, t2, m2 = one([0.5, 0.5], [0.5, 0.5])
+    assert run("hellinger", z2, t2, m2).item() == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("spec", EVERY)
@@ -397,7 +418,7 @@ def test_closed_form_gradients_match_autograd_of_the_definitions(spec, monkeypat
     mask[1, 0] = mask[3, 2] = False
     labels[2, 1] = -100
     got, g_got = run(spec, z, t, mask, labels), grad(spec, z, t, mask, labels)
-    monkeypatch.setattr(core, "row_stats", naive_row_stats)
+    monkeypatch.setattr(core, "row_stats", eager_only)
     want, g_want = run(spec, z, t, mask, labels), grad(spec, z, t, mask, labels)
     assert got.item() == pytest.approx(want.item(), rel=1e-12, abs=1e-12)
     torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-12)

@@ -68,12 +68,13 @@ def test_online_group_equals_each_draft_trained_alone(data, one_process, tmp_pat
     target = load_target(data["model"], "hf", "float32", {})
     runner, d2t = TargetRunner(target), torch.tensor(D2T)
     hparams = data["cfg"]["arch_hparams"]["eagle3"]
+    info = target_info_from_checkpoint(data["model"], d2t)  # built once, as the jobs do
     quiet = lambda *a: None  # noqa: E731
 
     def online(folder: str, runs: list[tuple[str, int]]) -> OnlineFeatures:
         source = OnlineFeatures(runner, data["seqs"], d2t)
         group = [Run(loss, s, tmp_path / folder / f"{loss}/seed{s}") for loss, s in runs]
-        train_runs(source, data["model"], "eagle3", hparams, group, train, log=quiet)
+        train_runs(source, info, "eagle3", hparams, group, train, log=quiet)
         return source
 
     source = online("group", RUNS)
@@ -97,12 +98,11 @@ def test_online_group_equals_each_draft_trained_alone(data, one_process, tmp_pat
         for key in ("features", "logprobs")
     )
     cache_train = train.model_copy(update={"features": "cache"})
-    info = target_info_from_checkpoint(data["model"], d2t)
     worst_abs, worst_rel = 0.0, 0.0
     for loss, seed in RUNS:
         out, name = tmp_path / "cache" / f"{loss}/seed{seed}", f"{loss}/seed{seed}"
         records = train_cell(
-            cache_path, data["model"], "eagle3", hparams, loss, seed, cache_train, out, log=quiet
+            cache, info, "eagle3", hparams, loss, seed, cache_train, out, log=quiet
         )
         logged = pd.read_csv(tmp_path / "group" / name / "train_log.csv")
         assert logged["tokens"].tolist() == [r["tokens"] for r in records]  # the same batches

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from specbench.aggregation.tables import gains_markdown, gains_table, tau_table
+from specbench.artifacts import EvalMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,6 @@ def test_a_draft_that_stopped_early_is_kept_and_marked():
 
 def test_a_one_loss_matrix_writes_tables_and_plots_and_says_there_is_nothing_to_compare(tmp_path):
     """``losses: [kl]`` (only the baseline): τ table and plots, no crash on the empty gains."""
-    import json
 
     from specbench.aggregation.paper import write_paper_figures
     from specbench.aggregation.plots import write_plots
@@ -100,8 +100,8 @@ def test_a_one_loss_matrix_writes_tables_and_plots_and_says_there_is_nothing_to_
     rows = pd.DataFrame(_per_prompt("kl", [10, 12, 8], [10, 10, 10], [20.0, 22.0, 18.0]))
     keys = ["target", "draft_arch", "loss", "seed", "k_eval", "draft_params", "cost_ratio"]
     meta = {key: rows.iloc[0][key] for key in keys}
-    (cell / "metrics.json").write_text(json.dumps({k: getattr(v, "item", lambda v=v: v)()
-                                                   for k, v in meta.items()}))  # fmt: skip
+    meta = {k: getattr(v, "item", lambda v=v: v)() for k, v in meta.items()}
+    EvalMetrics(**meta, trainable_params=100, cells=[]).write(cell / "metrics.json")
     rows.drop(columns=keys).to_csv(cell / "per_prompt.csv", index=False)
     out = {n: tmp_path / n for n in ("tau.csv", "gains.csv", "gains.md", "g.png", "a.png")}
     tau, gains = write_tables(

@@ -10,6 +10,7 @@ import pytest
 import torch
 from tiny import tiny_llama
 
+from specbench.artifacts import TrainStatus
 from specbench.config import TrainConfig
 from specbench.drafts import build_draft
 from specbench.features.cache import FeatureCache, Sequence, save_cache
@@ -252,10 +253,10 @@ def test_a_group_trains_each_draft_as_it_trains_alone(setup):
         assert strip(m.records) == strip(records), m.name
         state = m.draft.state_dict()
         assert all(torch.equal(state[k], v) for k, v in alone.state_dict().items()), m.name
-        assert m.status == {"status": "complete", "steps": 4}
+        assert m.status == TrainStatus("complete", 4)
 
 
-def test_a_non_finite_loss_stops_that_draft_only(setup):
+def test_a_non_finite_loss_stops_that_draft_only(setup, tmp_path):
     """The draft keeps its last finite weights and says why; the group goes on without it."""
     cache, draft = setup
     s = settings(steps=4)
@@ -272,7 +273,11 @@ def test_a_non_finite_loss_stops_that_draft_only(setup):
     log = []
     train_group(group, cache, s, s.steps, log.append)
     bad, good = group
-    assert bad.status == {"status": "stopped", "steps": 2, "reason": "non-finite loss at step 2"}
+    assert bad.status == TrainStatus("stopped", 2, "non-finite loss at step 2")
+    bad.status.write(tmp_path)  # what evaluation reads back into metrics.json
+    assert json.loads((tmp_path / "train_status.json").read_text())["reason"] == bad.stopped
+    assert TrainStatus.label_of(tmp_path) == "stopped: non-finite loss at step 2"
+    assert TrainStatus.label_of(tmp_path / "elsewhere") == "external"
     assert any("non-finite loss at step 2" in line for line in log)
     after = bad.draft.state_dict()  # its weights after steps 0 and 1, untouched since
     assert all(torch.equal(after[k], v) for k, v in before.items())

@@ -3,7 +3,6 @@ response in memory, at a peak memory that does not grow with the number of respo
 
 from __future__ import annotations
 
-import json
 import random
 import tracemalloc
 from collections import Counter
@@ -11,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from specbench.data.generate import iter_jsonl
+from specbench.artifacts import ResponseRow, iter_responses
 from specbench.features.vocab import TokenCounts, build_draft_vocab, vocab_payload
 
 
@@ -49,10 +48,10 @@ def test_200k_responses_are_counted_in_bounded_memory(tmp_path):
     with path.open("w") as f:
         for _ in range(20):
             ids = np.minimum(rng.zipf(1.3, size=(10_000, 12)), 49_152) - 1
-            f.writelines(json.dumps({"response_ids": row}) + "\n" for row in ids.tolist())
+            f.writelines(ResponseRow(0, [], row).to_line() for row in ids.tolist())
     tracemalloc.start()
     try:
-        payload = vocab_payload((r["response_ids"] for r in iter_jsonl(path)), 2048, (0,))
+        payload = vocab_payload((r.response_ids for r in iter_responses(path)), 2048, (0,))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from specbench.aggregation.tables import MEASURES, load_per_prompt, tau_table  # noqa: E402
+from specbench.aggregation.tables import load_per_prompt, measures, tau_table  # noqa: E402
 from specbench.io import atomic_write_text  # noqa: E402
 
 POINT = re.compile(r"steps(?P<steps>\d+)_data(?P<data>[0-9.]+)$")
@@ -47,7 +47,7 @@ def curve_table(point_dirs: list[str | Path], train_tokens: int | None = None) -
             }
             if train_tokens:
                 row["epochs"] = row["tokens_seen"] / (train_tokens * row["data_fraction"])
-            for name in MEASURES:
+            for name in measures():
                 row[name] = float(g[name].mean())
             rows.append(row)
     return pd.DataFrame(rows).sort_values(["temperature", "data_fraction", "steps"])
@@ -61,7 +61,7 @@ def plot_curve(table: pd.DataFrame, path: str | Path) -> None:
     budgets = table.loc[table["data_fraction"] < 1, "steps"].unique()
     shares = table[table["steps"].isin(budgets)]
     for (t, name), style in zip(
-        [(t, n) for t in sorted(table["temperature"].unique()) for n in MEASURES],
+        [(t, n) for t in sorted(table["temperature"].unique()) for n in measures()],
         ["o-", "s--", "^:", "o-", "s--", "^:"],
         strict=False,
     ):

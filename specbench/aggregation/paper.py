@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from specbench.aggregation.tables import EXTERNAL_PREFIX, headline  # noqa: E402
+from specbench.aggregation.tables import headline, headlines, measures  # noqa: E402
+from specbench.artifacts import EXTERNAL_PREFIX  # noqa: E402
 from specbench.io import atomic_dir, atomic_write_text  # noqa: E402
 from specbench.losses import parse  # noqa: E402
 
@@ -132,9 +133,10 @@ def figure_block_interventions(ref_block: pd.DataFrame, tau: pd.DataFrame, path:
     plt.close(fig)
 
 
-# the measures shown beside a model card's τ, per temperature (the headline first)
-RELEASED_MEASURES = {0: ("tau_live", "tau_expected"), 1: ("tau_unbiased", "tau_expected")}
-ALL_MEASURES = ("tau_unbiased", "tau_live", "tau_expected")
+def _released_measures(temperature: int) -> tuple[str, ...]:
+    """The measures shown beside a model card's τ at a temperature (the headline first)."""
+    name = headlines().get(temperature)
+    return (name, "tau_expected") if name else tuple(measures())
 
 
 def _mean_se(values: pd.Series, ses: pd.Series) -> tuple[float, float]:
@@ -154,7 +156,7 @@ def external_tau(tau: pd.DataFrame, hub_ids: dict[str, str] | None = None) -> pd
     that mean. ``hub_ids`` maps a draft's name to its checkpoint (the config's ``path``),
     the key to its model card."""
     cols = ["draft", "hub_id", "draft_arch", "target", "temperature", "k_eval", "n_domains"]
-    cols += [c for m in ALL_MEASURES for c in (m, f"{m}_se")]
+    cols += [c for m in measures() for c in (m, f"{m}_se")]
     if tau.empty or "loss" not in tau:
         return pd.DataFrame(columns=cols)
     ext = tau[tau["loss"].astype(str).str.startswith(EXTERNAL_PREFIX)]
@@ -166,7 +168,7 @@ def external_tau(tau: pd.DataFrame, hub_ids: dict[str, str] | None = None) -> pd
         row = dict(draft=name, hub_id=(hub_ids or {}).get(name), draft_arch=arch, target=target)
         row.update(temperature=int(temp), k_eval=int(g["k_eval"].max()))
         row["n_domains"] = int(g["domain"].nunique())
-        for m in ALL_MEASURES:
+        for m in measures():
             if m not in g:
                 row[m] = row[f"{m}_se"] = float("nan")
                 continue
@@ -226,13 +228,13 @@ def figure_released_drafts(table: pd.DataFrame, path: str) -> None:
     baseline) beside our measured τ (T=0: replay, expected; T=1: unbiased, expected)."""
     temps = sorted(int(t) for t in table["temperature"].dropna().unique()) or [0, 1]
     fig, axes = plt.subplots(1, len(temps), figsize=(5.2 * len(temps), 4.2), squeeze=False)
-    measured = any(table[m].notna().any() for m in ALL_MEASURES if m in table)
+    measured = any(table[m].notna().any() for m in measures() if m in table)
     for ax, temp in zip(axes[0], temps, strict=True):
         g = table[table["temperature"] == temp]
         series = [("model card (released)", "card_tau", None)]
         series += [("model card: KL baseline (not released)", "card_kl_tau", "//")]
         if measured:
-            ours = RELEASED_MEASURES.get(temp, ALL_MEASURES)
+            ours = _released_measures(temp)
             series += [(f"ours: {m}", m, None) for m in ours]
         width, x = 0.8 / len(series), np.arange(len(g))
         for i, (label, col, hatch) in enumerate(series):

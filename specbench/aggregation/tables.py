@@ -8,31 +8,34 @@ and gains are bootstrapped by resampling prompts, the same prompts for both loss
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from specbench.aggregation.stats import paired_ratio_bootstrap, ratio_of_sums_se
+from specbench.artifacts import EXTERNAL_PREFIX, EvalMetrics
+from specbench.decoding import ESTIMATORS
 from specbench.io import atomic_write_text
 
 CELL = ["target", "draft_arch", "loss", "domain", "temperature", "seed"]
-# every τ measure is a ratio of per-prompt sums: name -> (numerator, denominator column)
-MEASURES = {
-    "tau_live": ("accepted_plus_rounds", "rounds"),  # live decoding (T=1) / exact replay (T=0)
-    "tau_expected": ("tau_expected_sum", "anchors"),  # teacher-forced (SPEC §4)
-    "tau_unbiased": ("tau_unbiased_sum", "unbiased_anchors"),  # branch-verified, T=1 only
-}
-# loss label of a draft trained elsewhere (specbench.config.ExternalDraft): external:<name>
-EXTERNAL_PREFIX = "external:"
-# the measure a table or plot leads with: unbiased at T=1, the exact replay at T=0
-HEADLINE = {1: "tau_unbiased", 0: "tau_live"}
+
+
+def measures() -> dict[str, tuple[str, str]]:
+    """Every registered τ measure (a ratio of per-prompt sums): name -> (numerator column,
+    denominator column), from :data:`specbench.decoding.ESTIMATORS`."""
+    return {e.name: (e.numerator, e.denominator) for e in ESTIMATORS.values()}
+
+
+def headlines() -> dict[int, str]:
+    """The measure a table or plot leads with, per temperature (unbiased at T=1, the exact
+    replay at T=0), from the estimators' ``headline``."""
+    return {t: e.name for e in ESTIMATORS.values() for t in e.headline}
 
 
 def headline(temperature: int, columns) -> str:
     """The headline measure of a temperature, or expected τ where it was not measured."""
-    name = HEADLINE.get(int(temperature), "tau_expected")
+    name = headlines().get(int(temperature), "tau_expected")
     return name if f"{name}_gain_pct" in columns or name in columns else "tau_expected"
 
 
@@ -40,11 +43,11 @@ def load_per_prompt(eval_dirs: list[str | Path]) -> pd.DataFrame:
     """Concatenate ``per_prompt.csv`` of every evaluated draft, tagged with its cell keys."""
     frames = []
     for d in map(Path, eval_dirs):
-        meta = json.loads((d / "metrics.json").read_text())
+        meta = EvalMetrics.read(d / "metrics.json")
         df = pd.read_csv(d / "per_prompt.csv")
         for key in ("target", "draft_arch", "loss", "seed", "k_eval", "draft_params", "cost_ratio"):
-            df[key] = meta[key]
-        df["train_status"] = meta.get("train_status", "complete")
+            df[key] = getattr(meta, key)
+        df["train_status"] = meta.train_status
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     df["accepted_plus_rounds"] = df["accepted_sum"].fillna(0) + df["rounds"].fillna(0)
@@ -53,7 +56,7 @@ def load_per_prompt(eval_dirs: list[str | Path]) -> pd.DataFrame:
 
 def _with_measures(pp: pd.DataFrame) -> pd.DataFrame:
     """``pp`` with every measure's sum columns; a measure that did not run sums to zero."""
-    missing = {c for pair in MEASURES.values() for c in pair} - set(pp.columns)
+    missing = {c for pair in measures().values() for c in pair} - set(pp.columns)
     return pp.assign(**dict.fromkeys(sorted(missing), 0)) if missing else pp
 
 
@@ -65,7 +68,7 @@ def tau_table(pp: pd.DataFrame) -> pd.DataFrame:
         row["origin"] = "external" if row["loss"].startswith(EXTERNAL_PREFIX) else "trained"
         # "complete", or "stopped: non-finite loss at step N" (kept and marked, not dropped)
         row["train_status"] = str(g["train_status"].iloc[0]) if "train_status" in g else "complete"
-        for name, (num, den) in MEASURES.items():
+        for name, (num, den) in measures().items():
             row[name], row[f"{name}_se"] = ratio_of_sums_se(g[num].fillna(0), g[den].fillna(0))
         k = int(g["k_eval"].iloc[0])
         row.update(
@@ -113,7 +116,7 @@ def gains_table(pp: pd.DataFrame, baseline: str, n_boot: int = 2000) -> pd.DataF
             status = pd.concat([base, gl]).get("train_status", pd.Series(dtype=str))
             stopped = sorted({str(x) for x in status if str(x).startswith("stopped")})
             row["train_status"] = "; ".join(stopped) or "complete"
-            for name, (num, den) in MEASURES.items():
+            for name, (num, den) in measures().items():
                 cols = ["seed", "prompt_index"]
                 m = base.merge(gl, on=cols, suffixes=("_a", "_b"))
                 m = m[(m[f"{den}_a"].fillna(0) > 0) & (m[f"{den}_b"].fillna(0) > 0)]

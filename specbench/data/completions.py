@@ -44,6 +44,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
+from specbench.artifacts import ResponseRow
 from specbench.data.generate import chat_prompt_ids
 from specbench.data.hub import (
     SLICE_ROWS,
@@ -85,7 +86,7 @@ def completion_rows(
     exclude: Iterable[str] = (),
     stats: CompletionStats | None = None,
     seed: int = 0,
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[ResponseRow]:
     """The first ``n`` usable rows of released completions, in the ``responses`` format.
 
     ``exclude``: prompts never taken (the domain's evaluation prompts; compared stripped).
@@ -101,7 +102,7 @@ def completion_rows(
     _, rows = open_rows(source, [source.field, source.response_field], seed, "completions")
     pending: list[tuple[str, str]] = []
 
-    def flush() -> Iterator[dict[str, Any]]:
+    def flush() -> Iterator[ResponseRow]:
         if not pending:
             return
         batch = [[p for p, _ in pending], [r for _, r in pending]]
@@ -110,12 +111,8 @@ def completion_rows(
             ids = [*ids, eos]
             stats.cut_responses += len(ids) > max_new_tokens
             stats.cut_prompts += len(content) > max_prompt_tokens
-            yield {
-                "prompt_index": stats.kept,
-                "prompt_ids": chat_prompt_ids(tokenizer, prompt, max_prompt_tokens),
-                "response_ids": ids[:max_new_tokens],
-                "lookahead_ids": [],
-            }
+            prompt_ids = chat_prompt_ids(tokenizer, prompt, max_prompt_tokens)
+            yield ResponseRow(stats.kept, prompt_ids, ids[:max_new_tokens])
             stats.kept += 1
         pending.clear()
 

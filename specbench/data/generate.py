@@ -8,14 +8,11 @@ distribution rather than a dataset's; evaluation responses are regenerated the s
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
 from specbench.dist import lockstep_batches
-from specbench.io import atomic_write_text
 
 
 def chat_prompt_ids(tokenizer, prompt: str, max_prompt_tokens: int) -> list[int]:
@@ -115,19 +112,3 @@ def split_at_eos(ids: list[int], eos: int) -> tuple[list[int], list[int]]:
         cut = ids.index(eos) + 1
         return ids[:cut], ids[cut:]
     return ids, []
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def iter_jsonl(path: str | Path) -> Iterator[dict]:
-    """The rows of a JSON-lines file, one at a time (a large file never sits in memory)."""
-    with open(path) as lines:
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)

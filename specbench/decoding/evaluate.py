@@ -7,7 +7,8 @@ Three measurements, reported side by side:
   many start positions in one forward — unbiased for live τ and paired across losses;
 - **live τ**: exact speculative decoding (T>0, the real target in the loop) or its exact
   T=0 replay against the cached greedy continuation.
-Per-prompt sums are kept so that gains can be bootstrapped by prompt.
+Per-prompt sums are kept so that gains can be bootstrapped by prompt. Each is registered as an
+:class:`~specbench.decoding.estimators.Estimator`, which the evaluation job loops over.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specbench.decoding.estimators import Estimator, Setting, register_estimator
 from specbench.decoding.expected import acceptance_probs, expected_tau
 from specbench.decoding.replay import replay_greedy
 from specbench.decoding.speculative import DecodeResult, speculative_decode
@@ -27,16 +29,27 @@ from specbench.features.vocab import target_to_draft_map
 
 
 @dataclass
-class PromptStats:
-    """Sums over one prompt, the unit that statistics are clustered by."""
+class ExpectedSums:
+    """Teacher-forced sums over one prompt (the unit statistics are clustered by)."""
 
-    prompt_index: int
     anchors: int = 0
     tau_expected_sum: float = 0.0
     in_vocab: int = 0  # anchors whose next response token (step 1's) is in the draft vocabulary
+
+
+@dataclass
+class UnbiasedSums:
+    """Unbiased T=1 sums over one prompt."""
+
     unbiased_anchors: int = 0
     tau_unbiased_sum: float = 0.0
     unbiased_seconds: float = 0.0
+
+
+@dataclass
+class LiveSums:
+    """Live-decoding (or T=0 replay) sums over one prompt; per-draft-step counts as lists."""
+
     rounds: int = 0
     accepted_sum: int = 0
     tokens: int = 0
@@ -55,14 +68,14 @@ def expected_tau_by_prompt(
     temperature: float,
     batch_size: int = 8,
     shard: tuple[int, int] = (0, 1),
-) -> dict[int, PromptStats]:
+) -> dict[int, ExpectedSums]:
     """Teacher-forced expected τ summed per prompt over every response start position.
 
     Runs on the draft's device. ``shard=(rank, world)``: only every ``world``-th batch.
     """
     device = draft.device
     t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size).to(device)
-    stats: dict[int, PromptStats] = {}
+    stats: dict[int, ExpectedSums] = {}
     rank, world = shard
     for start in range(rank * batch_size, len(cache), world * batch_size):
         idx = list(range(start, min(start + batch_size, len(cache))))
@@ -76,14 +89,14 @@ def expected_tau_by_prompt(
             sl = slice(r * rows_per_seq, (r + 1) * rows_per_seq)
             valid = st.mask[sl, 0]  # a start position needs its first draft step verifiable
             pid = int(batch["prompt_index"][r])
-            s = stats.setdefault(pid, PromptStats(pid))
+            s = stats.setdefault(pid, ExpectedSums())
             s.anchors += int(valid.sum())
             s.tau_expected_sum += float(tau[sl][valid].sum())
             s.in_vocab += int((st.labels[sl, 0][valid] != -100).sum())
     return stats
 
 
-def _add_live(s: PromptStats, res: DecodeResult) -> None:
+def _add_live(s: LiveSums, res: DecodeResult) -> None:
     s.rounds += res.num_rounds
     s.accepted_sum += sum(res.accepted)
     s.tokens += len(res.tokens)
@@ -105,13 +118,13 @@ def live_tau_by_prompt(
     runner=None,
     eos_token_id: int | None = None,
     shard: tuple[int, int] = (0, 1),
-) -> dict[int, PromptStats]:
+) -> dict[int, LiveSums]:
     """Live speculative decoding (T>0, needs ``runner``) or exact T=0 replay (no target).
 
     ``shard=(rank, world)``: only every ``world``-th prompt; each prompt has its own random
     stream, so the union over ranks equals one process's result.
     """
-    out: dict[int, PromptStats] = {}
+    out: dict[int, LiveSums] = {}
     rank, world = shard
     for i in range(rank, min(n_prompts, len(cache)), world):
         seq = cache.sequence(i)
@@ -141,31 +154,47 @@ def live_tau_by_prompt(
                 gen,
                 eos_token_id=eos_token_id,
             )
-        s = out.setdefault(pid, PromptStats(pid))
+        s = out.setdefault(pid, LiveSums())
         _add_live(s, res)
     return out
 
 
-@torch.no_grad()
-def unbiased_tau_by_prompt_stats(
-    draft: Draft,
-    cache: FeatureCache,
-    runner,
-    k: int,
-    seed: int,
-    max_anchors_per_prompt: int | None,
-    shard: tuple[int, int] = (0, 1),
-) -> dict[int, PromptStats]:
-    """The unbiased T=1 τ sums of :func:`.unbiased.unbiased_tau_by_prompt`, as PromptStats."""
+def _expected(st: Setting, cache: FeatureCache, temperature: int) -> dict[int, ExpectedSums]:
+    return expected_tau_by_prompt(st.draft, cache, st.k, float(temperature), shard=st.shard)
+
+
+def _live(st: Setting, cache: FeatureCache, temperature: int) -> dict[int, LiveSums]:
+    # T=0 replays the cached greedy path without the target: every prompt is cheap
+    n = len(cache) if temperature == 0 else st.live_prompts
+    return live_tau_by_prompt(
+        st.draft, cache, n, st.k, float(temperature), st.live_new_tokens, st.seed,
+        runner=st.runner, eos_token_id=st.eos_token_id, shard=st.shard,
+    )  # fmt: skip
+
+
+def _unbiased(st: Setting, cache: FeatureCache, temperature: int) -> dict[int, UnbiasedSums]:
     found = unbiased_tau_by_prompt(
-        draft, cache, runner, k, seed, max_anchors_per_prompt=max_anchors_per_prompt, shard=shard
-    )
-    return {
-        pid: PromptStats(
-            pid,
-            unbiased_anchors=u.anchors,
-            tau_unbiased_sum=u.tau_unbiased_sum,
-            unbiased_seconds=u.seconds,
-        )
-        for pid, u in found.items()
-    }
+        st.draft, cache, st.runner, st.k, st.seed,
+        max_anchors_per_prompt=st.unbiased_anchors, shard=st.shard,
+    )  # fmt: skip
+    return {pid: UnbiasedSums(u.anchors, u.tau_unbiased_sum, u.seconds) for pid, u in found.items()}
+
+
+# registration order is the order of the tables' columns
+register_estimator(  # live decoding (T=1) / exact replay (T=0): Σ(accepted + 1) / Σ rounds
+    Estimator("tau_live", "accepted_plus_rounds", "rounds", LiveSums, _live, headline=(0,))
+)
+register_estimator(  # teacher-forced (SPEC §4), every start position of the responses
+    Estimator("tau_expected", "tau_expected_sum", "anchors", ExpectedSums, _expected)
+)
+register_estimator(  # the draft's own chains verified by the target, T=1 only
+    Estimator(
+        "tau_unbiased",
+        "tau_unbiased_sum",
+        "unbiased_anchors",
+        UnbiasedSums,
+        _unbiased,
+        temperatures=(1,),
+        headline=(1,),
+    )  # fmt: skip
+)

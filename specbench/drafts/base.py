@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from specbench.targets.info import TargetInfo
+from specbench.targets.runner import feature_layer_indices
 
 
 @dataclass
@@ -81,6 +82,14 @@ class Draft(nn.Module):
     # "truncated" (the most frequent target tokens, EAGLE-3's d2t map); configs may override
     # it per architecture (``arch_vocab``), as a stated deviation
     reference_vocab: ClassVar[str] = "full"
+
+    def target_layers(self, num_hidden_layers: int) -> tuple[int, ...]:
+        """The target's ``hidden_states`` indices this draft reads, stacked as the ``F`` of
+        its features ``[..., F, d]``: by default the low, mid, high and last (normed) layers
+        (:func:`~specbench.targets.runner.feature_layer_indices`), which the caches of the
+        run's vocabularies hold. A draft that reads others says so here; its caches are then
+        computed at its layers (the vocabulary file names them: an external draft's own)."""
+        return feature_layer_indices(num_hidden_layers)
 
     def __init__(self, info: TargetInfo, **hparams: Any) -> None:
         super().__init__()

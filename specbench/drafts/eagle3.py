@@ -38,7 +38,9 @@ from specbench.targets.info import TargetInfo
 class Eagle3(RecurrentDraft):
     """EAGLE-3 draft. Hparams: ``intermediate_size`` (default: the target's dense FFN width,
     for MoE targets experts_per_token × expert width); ``train_anchors`` (default None = all
-    positions; see :class:`~specbench.drafts.recurrent.RecurrentDraft`)."""
+    positions; see :class:`~specbench.drafts.recurrent.RecurrentDraft`); ``aux_layers``: the
+    three target layers it fuses (default None: the run's low, mid and high; an imported
+    checkpoint may read others)."""
 
     max_k = None  # recurrent: any number of steps
     reference_vocab = "truncated"  # EAGLE-3 drafts over a frequent-token subset (d2t/t2d)
@@ -48,9 +50,13 @@ class Eagle3(RecurrentDraft):
         info: TargetInfo,
         intermediate_size: int | None = None,
         train_anchors: int | None = None,
+        aux_layers: list[int] | None = None,
     ) -> None:
         intermediate_size = int(intermediate_size or info.intermediate_size)
         super().__init__(info, train_anchors, intermediate_size=intermediate_size)
+        self.aux_layers = None if aux_layers is None else [int(i) for i in aux_layers]
+        if self.aux_layers is not None and len(self.aux_layers) != 3:
+            raise ValueError(f"eagle3: aux_layers are three target layers, got {aux_layers}")
         d, eps = info.hidden_size, info.rms_norm_eps
         self.head_dim = info.head_dim
         self.rope = draft_rope(info, self.head_dim)
@@ -67,6 +73,11 @@ class Eagle3(RecurrentDraft):
         with torch.no_grad():
             self.lm_head.weight.copy_(target_head_rows(info))
         register_vocab(self, info)
+
+    def target_layers(self, num_hidden_layers: int) -> tuple[int, ...]:
+        if self.aux_layers is None:
+            return super().target_layers(num_hidden_layers)
+        return (*self.aux_layers, num_hidden_layers)
 
     def initial_hidden(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(features[..., LOW : HIGH + 1, :].flatten(-2))  # (low, mid, high)

@@ -6,7 +6,10 @@
 
 Feature layout: features are stacked as ``[..., F, d]`` with ``F = 4``: hidden states of a
 low, a middle and a high layer of the target, then the final (normed) hidden state that feeds
-the LM head (:func:`specbench.targets.runner.feature_layer_indices` picks the layers).
+the LM head (:func:`specbench.targets.runner.feature_layer_indices` picks the layers). A
+draft that reads others says so (``Draft.target_layers``, e.g. an imported EAGLE-3's
+``aux_layers``); the caches of its own vocabulary hold them (the vocabulary file's
+``feature_layers``).
 """
 
 LOW, MID, HIGH, LAST = range(4)

@@ -17,12 +17,14 @@ only for one chunk of positions at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from specbench.artifacts import iter_responses
 from specbench.io import tmp_path_for
 
 
@@ -174,3 +176,28 @@ class FeatureCache:
         if device is not None:
             out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
         return out
+
+
+def iter_sequences(paths: list[str], merged: bool) -> Iterator[Sequence]:
+    """The sequences of one or more domains' responses files, read line by line; ``merged``
+    renumbers prompts to stay unique (0, 1, ... across the files)."""
+    n = 0
+    for path in paths:
+        for r in iter_responses(path):
+            yield Sequence(
+                r.prompt_ids, r.response_ids, n if merged else r.prompt_index, r.lookahead_ids
+            )
+            n += 1
+
+
+def read_sequences(paths: list[str], merged: bool) -> list[Sequence]:
+    """:func:`iter_sequences` as a list (a cache job holds its sequences anyway)."""
+    return list(iter_sequences(paths, merged))
+
+
+def read_packed(paths: list[str]) -> PackedSequences:
+    """:func:`iter_sequences` merged and packed (4 bytes a token: online training's data)."""
+    packed = PackedSequences()
+    for seq in iter_sequences(paths, merged=True):
+        packed.append(seq)
+    return packed.freeze()

@@ -4,25 +4,11 @@
 peer's checkpoint into specbench's own :class:`~specbench.drafts.Draft` (evaluated like a
 trained one), or refuses with the difference named. CLI: ``python -m specbench.formats``.
 
-Formats (arch × format; ``tests/test_interop.py`` checks each with the peer's own code)
---------------------------------------------------------------------------------------
-
-============== ============ ============================================== ===================
-arch           format       what loads it                                  direction
-============== ============ ============================================== ===================
-eagle3         speculators  speculators 0.9.0 ``Eagle3DraftModel``;        export and import
-                            ``vllm serve --speculative-config
-                            '{"method": "eagle3", "model": OUT}'``
-eagle3         sglang       SpecForge 0.2.0 ``LlamaForCausalLMEagle3``;    export and import
-                            SGLang ``--speculative-algorithm EAGLE3``
-mlp_speculator vllm         vLLM ``method: mlp_speculator`` (IBM           export and import,
-                            fms-extras ``MLPSpeculatorPreTrainedModel``)    full vocabulary only
-medusa         vllm         vLLM ``method: medusa`` (``MedusaConfig``,     export and import
-                            ``token_map`` for a truncated vocabulary)
-mtp            mtp          the target checkpoint itself (DeepSeek-V3      export
-                            layer 61); vLLM ``method: deepseek_mtp``
-block_diffusion —           none (see ``NOT_AVAILABLE``)                   —
-============== ============ ============================================== ===================
+Formats register themselves: one ``@register_format(arch, format, load=..., vocab=...)`` per
+pair on its exporter in ``formats/<arch>.py`` (modules are discovered), and
+:func:`~specbench.formats.registry.refuse_format` for a pair people ask for that no engine
+loads. The README's formats table is :func:`~specbench.formats.registry.formats_markdown`
+(``tests/test_interop.py`` checks each pair with the peer's own code).
 
 Name mappings (ours → theirs)
 -----------------------------
@@ -74,7 +60,9 @@ Differences refused on import (each raises :class:`FormatError` naming it)
   width, head count or ``head_dim`` than the target's; more than one layer; a Qwen3 layer
   (q/k norms); biases; speculators' ``norm_before_residual``, ``norm_before_fc``, ``fc_norm``,
   ``norm_output`` (recycles the normed state); SGLang's ``norm_output: false`` (no final norm);
-  other target layers than our cache's; a trained ``embed_tokens``.
+  a trained ``embed_tokens``. Other auxiliary target layers than ours import (the draft's
+  ``aux_layers``; its own vocabulary file names them, and its caches are made at them);
+  over the run's vocabulary, whose caches hold ours, ``import_draft`` refuses it.
 - Vocabulary, every format: the run's draft vocabulary must hold the same target tokens as
   the checkpoint's (rows are reordered exactly); otherwise it is evaluated over its own
   vocabulary (``external_drafts: vocab: own``, the default, with caches of its own).
@@ -85,71 +73,55 @@ Differences refused on import (each raises :class:`FormatError` naming it)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
 from pathlib import Path
 
 import torch
 
 from specbench.drafts import Draft
-from specbench.formats import eagle3, medusa, mlp_speculator, mtp
 from specbench.formats.common import FormatError, read_checkpoint
+from specbench.formats.registry import REGISTRY, Format, formats_markdown
 from specbench.targets.info import TargetInfo
 
-Exporter = Callable[[Draft, TargetInfo, Path, str, int], Path]
-EXPORTERS: dict[tuple[str, str], Exporter] = {
-    ("eagle3", "speculators"): eagle3.export_speculators,
-    ("eagle3", "sglang"): eagle3.export_sglang,
-    ("mlp_speculator", "vllm"): mlp_speculator.export_vllm,
-    ("medusa", "vllm"): medusa.export_vllm,
-    ("mtp", "mtp"): mtp.export_mtp,
-}
-FORMATS = sorted({fmt for _, fmt in EXPORTERS})
-# formats that can be read back, and the architecture each holds
-IMPORT_ARCHS: dict[str, tuple[str, ...]] = {
-    "speculators": ("eagle3",),
-    "sglang": ("eagle3",),
-    "vllm": ("medusa", "mlp_speculator"),
-}
-# (arch, format) pairs people ask for that no engine or reference loads, and why
-NOT_AVAILABLE: dict[tuple[str, str], str] = {
-    ("mlp_speculator", "speculators"): (
-        "speculators 0.9.0 defines no MLP-speculator model (it has eagle3, mtp, dflash, "
-        "dflash2, dspark, peagle, xpress); vLLM's method=mlp_speculator loads IBM fms-extras' "
-        "format: use --format vllm"
-    ),
-    ("medusa", "speculators"): (
-        "speculators 0.9.0 defines no MEDUSA model; vLLM's method=medusa loads its own "
-        "MEDUSA format: use --format vllm"
-    ),
-    ("medusa", "sglang"): "SGLang serves no MEDUSA drafts; vLLM does: use --format vllm",
-    ("block_diffusion", "*"): (
-        "no format is implemented for the block drafter, and no engine or reference loads it "
-        "as it is: DFlash checkpoints (z-lab DFlash, SpecForge 0.2.0 DFlashDraftModel, "
-        "speculators 'dflash', which vLLM and SGLang serve) read one target layer per draft "
-        "layer as context and embed MASK with the target's frozen embedding of a mask token; "
-        "specbench's block drafter fuses four cached target layers into one context and "
-        "learns its MASK vector, so no renaming gives the same model"
-    ),
-}
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "__main__"):
+    importlib.import_module(f"{__name__}.{_module}")
+
+
+def exportable() -> list[str]:
+    """Every format some architecture exports to."""
+    return sorted({f.name for f in REGISTRY.values() if f.export})
+
+
+def import_archs() -> dict[str, tuple[str, ...]]:
+    """The formats that can be read back, and the architectures each holds."""
+    readable = sorted({f.name for f in REGISTRY.values() if f.load})
+    return {
+        name: tuple(sorted(f.arch for f in REGISTRY.values() if f.load and f.name == name))
+        for name in readable
+    }
+
+
+# what the config's types and the workflow's wildcards name (every module is registered now)
+FORMATS = exportable()
+IMPORT_ARCHS = import_archs()
 
 
 def supported(arch: str) -> list[str]:
     """The formats ``arch`` can be exported to."""
-    return sorted(fmt for a, fmt in EXPORTERS if a == arch)
+    return sorted(f.name for f in REGISTRY.values() if f.arch == arch and f.export)
 
 
 def check_pair(arch: str, fmt: str) -> None:
     """Raise a :class:`FormatError` naming the valid choices unless ``arch`` exports to ``fmt``."""
-    if (arch, fmt) in EXPORTERS:
+    if fmt in supported(arch):
         return
-    if fmt not in FORMATS:
-        raise FormatError(f"unknown format {fmt!r}; valid: {FORMATS}")
-    why = NOT_AVAILABLE.get((arch, fmt)) or NOT_AVAILABLE.get((arch, "*"))
+    if fmt not in exportable():
+        raise FormatError(f"unknown format {fmt!r}; valid: {exportable()}")
+    refusal = REGISTRY.get((arch, fmt)) or REGISTRY.get((arch, "*"))
+    why = refusal.refused if refusal else "no such format"
     valid = supported(arch) or "none"
-    raise FormatError(
-        f"{arch} cannot be written as {fmt!r}: {why or 'no such format'}; "
-        f"{arch} exports to: {valid}"
-    )
+    raise FormatError(f"{arch} cannot be written as {fmt!r}: {why}; {arch} exports to: {valid}")
 
 
 def export_draft(
@@ -161,32 +133,30 @@ def export_draft(
     it); ``k`` the number of speculative tokens recorded where the format asks for one.
     """
     check_pair(draft.arch, fmt)
-    return EXPORTERS[(draft.arch, fmt)](draft, info, Path(out_dir), verifier, k)
+    return REGISTRY[(draft.arch, fmt)].export(draft, info, Path(out_dir), verifier, k)
+
+
+def _readable(fmt: str, path: str | Path) -> Format:
+    """The registered pair a checkpoint of format ``fmt`` is (reads its config.json)."""
+    readable = import_archs()
+    if fmt not in readable:
+        raise FormatError(f"cannot read format {fmt!r}; readable: {sorted(readable)}")
+    archs = readable[fmt]
+    kind = archs[0] if len(archs) == 1 else read_checkpoint(path)[0].get("model_type")
+    if kind not in archs:
+        raise FormatError(f"{path}: model_type {kind!r}; a {fmt} checkpoint holds one of {archs}")
+    return REGISTRY[(kind, fmt)]
 
 
 def external_arch(fmt: str, path: str | Path) -> str:
     """The architecture a checkpoint of format ``fmt`` holds (reads its config.json)."""
-    if fmt not in IMPORT_ARCHS:
-        raise FormatError(f"cannot read format {fmt!r}; readable: {sorted(IMPORT_ARCHS)}")
-    archs = IMPORT_ARCHS[fmt]
-    if len(archs) == 1:
-        return archs[0]
-    kind = read_checkpoint(path)[0].get("model_type")
-    if kind not in archs:
-        raise FormatError(f"{path}: model_type {kind!r}; a {fmt} checkpoint holds one of {archs}")
-    return kind
+    return _readable(fmt, path).arch
 
 
 def external_vocab(fmt: str, path: str | Path, vocab_size: int) -> torch.Tensor:
     """The target ids of a checkpoint's draft vocabulary (sorted), so a run can adopt it."""
-    _, tensors = read_checkpoint(path)
-    if "d2t" in tensors:  # EAGLE-3 offsets
-        ids = tensors["d2t"].long() + torch.arange(tensors["d2t"].numel())
-    elif "token_map" in tensors:  # vLLM MEDUSA
-        ids = tensors["token_map"].long()
-    else:  # no map: the whole target vocabulary
-        ids = torch.arange(vocab_size)
-    return ids.sort().values
+    reader = _readable(fmt, path).vocab
+    return reader(read_checkpoint(path)[1], vocab_size).sort().values
 
 
 def load_external(fmt: str, path: str | Path, info: TargetInfo) -> Draft:
@@ -194,24 +164,18 @@ def load_external(fmt: str, path: str | Path, info: TargetInfo) -> Draft:
 
     ``info`` describes the target the checkpoint drafts for, with the run's draft vocabulary.
     """
-    arch = external_arch(fmt, path)
-    loaders = {
-        ("speculators", "eagle3"): eagle3.load_speculators,
-        ("sglang", "eagle3"): eagle3.load_sglang,
-        ("vllm", "medusa"): medusa.load_vllm,
-        ("vllm", "mlp_speculator"): mlp_speculator.load_vllm,
-    }
-    return loaders[(fmt, arch)](path, info)
+    return _readable(fmt, path).load(path, info)
 
 
 __all__ = [
-    "EXPORTERS",
     "FORMATS",
+    "IMPORT_ARCHS",
     "FormatError",
     "check_pair",
     "export_draft",
     "external_arch",
     "external_vocab",
+    "formats_markdown",
     "load_external",
     "supported",
 ]

@@ -2,6 +2,7 @@
 
     export DRAFT_DIR OUT_DIR --format F --target MODEL [--vocab VOCAB_JSON] [--k K]
     import FORMAT PATH OUT_DIR --target MODEL [--vocab VOCAB_JSON]
+    table    (the README's formats table, from the registry)
 
 ``MODEL`` is the target (hub id in the local cache, or folder); ``VOCAB_JSON`` the run's
 draft vocabulary (default, for a DRAFT_DIR ``results/drafts/<target>/<arch>/<loss>/seedN``:
@@ -12,14 +13,21 @@ an external draft's own; without one, the full vocabulary).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from specbench.artifacts import EXTERNAL_SLUG, vocab_ids
 from specbench.drafts import load_draft
-from specbench.formats import FORMATS, IMPORT_ARCHS, FormatError, export_draft, load_external
+from specbench.formats import (
+    FORMATS,
+    IMPORT_ARCHS,
+    FormatError,
+    export_draft,
+    formats_markdown,
+    load_external,
+)
 from specbench.targets.info import target_info_from_checkpoint
 
 
@@ -33,16 +41,16 @@ def default_vocab(draft_dir: str) -> Path | None:
     if len(parts) <= 4 or parts[3].name != "drafts" or parts[1].name not in DRAFTS:
         return None
     folder = parts[4] / "data" / "vocab" / parts[2].name
-    names = [parts[0].name] if parts[0].name.startswith("external-") else []
+    names = [parts[0].name] if parts[0].name.startswith(EXTERNAL_SLUG) else []
     names.append(DRAFTS[parts[1].name].reference_vocab)
     found = [folder / f"{n}.json" for n in names if (folder / f"{n}.json").exists()]
     return found[0] if found else None
 
 
-def vocab_ids(path: str | Path | None) -> torch.Tensor | None:
+def vocab_tensor(path: str | Path | None) -> torch.Tensor | None:
     if path is None:
         return None
-    return torch.tensor(json.loads(Path(path).read_text())["draft_to_target"], dtype=torch.long)
+    return torch.tensor(vocab_ids(path), dtype=torch.long)
 
 
 def main(argv: list[str]) -> None:
@@ -57,18 +65,22 @@ def main(argv: list[str]) -> None:
     imp.add_argument("format", help=f"one of {sorted(IMPORT_ARCHS)}")
     imp.add_argument("path")
     imp.add_argument("out_dir")
+    sub.add_parser("table", help="print the README's formats table (from the registry)")
     for p in (exp, imp):
         p.add_argument("--target", required=True, help="target hub id or folder")
         p.add_argument("--vocab", default=None, help="the run's draft-vocabulary JSON")
     args = parser.parse_args(argv)
+    if args.command == "table":
+        print(formats_markdown(), end="")
+        return
     try:
         if args.command == "export":
             vocab = args.vocab or default_vocab(args.draft_dir)
-            info = target_info_from_checkpoint(args.target, vocab_ids(vocab))
+            info = target_info_from_checkpoint(args.target, vocab_tensor(vocab))
             draft = load_draft(args.draft_dir, info)
             out = export_draft(draft, info, args.out_dir, args.format, args.target, args.k)
         else:
-            info = target_info_from_checkpoint(args.target, vocab_ids(args.vocab))
+            info = target_info_from_checkpoint(args.target, vocab_tensor(args.vocab))
             draft = load_external(args.format, args.path, info)
             from specbench.io import atomic_dir
 

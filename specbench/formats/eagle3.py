@@ -27,6 +27,7 @@ from specbench.formats.common import (
     target_layers,
     write_checkpoint,
 )
+from specbench.formats.registry import register_format
 from specbench.targets.info import TargetInfo, rope_parameters
 from specbench.targets.runner import feature_layer_indices
 
@@ -103,50 +104,6 @@ def tensors_out(draft: Draft, info: TargetInfo, fmt: str) -> dict[str, torch.Ten
     return out
 
 
-def export_speculators(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
-    """speculators 0.9.0 ``Eagle3SpeculatorConfig`` + weights (``vllm serve`` loads it)."""
-    cfg = hf_config(info)
-    config = {
-        "architectures": ["Eagle3Speculator"],
-        "speculators_model_type": "eagle3",
-        "speculators_version": "0.9.0",
-        "transformer_layer_config": layer_config(info, draft.hparams["intermediate_size"]),
-        "draft_vocab_size": info.draft_vocab_size,
-        "norm_before_residual": False,
-        "norm_before_fc": False,
-        "fc_norm": False,
-        "norm_output": False,
-        "embed_requires_grad": False,
-        "target_hidden_size": None,
-        "eagle_aux_hidden_state_layer_ids": aux_layer_ids(info),
-        "torch_dtype": "float32",
-        "speculators_config": {
-            "algorithm": "eagle3",
-            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": k}],
-            "default_proposal_method": "greedy",
-            "verifier": {
-                "name_or_path": verifier,
-                "architectures": list(getattr(cfg, "architectures", None) or []),
-            },
-        },
-    }
-    return write_checkpoint(out, config, tensors_out(draft, info, "speculators"))
-
-
-def export_sglang(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
-    """SpecForge's ``LlamaForCausalLMEagle3`` config (a Llama config + ``draft_vocab_size``)
-    and weights: what SGLang's ``--speculative-algorithm EAGLE3`` loads."""
-    config = layer_config(info, draft.hparams["intermediate_size"])
-    config.update(
-        architectures=["LlamaForCausalLMEagle3"],
-        draft_vocab_size=info.draft_vocab_size,
-        target_hidden_size=info.hidden_size,
-        eagle_config={"eagle_aux_hidden_state_layer_ids": aux_layer_ids(info)},
-        torch_dtype="float32",
-    )
-    return write_checkpoint(out, config, tensors_out(draft, info, "sglang"))
-
-
 # -- import -------------------------------------------------------------------------------
 
 
@@ -218,19 +175,29 @@ def check_layer(layer: dict[str, Any], info: TargetInfo, where: str) -> None:
     require(act == "silu", f"{where}: hidden_act {act!r} (ours: silu)")
 
 
-def check_aux(ids: list[int] | None, info: TargetInfo, where: str) -> None:
-    """The checkpoint must read the target layers our feature cache holds."""
-    ours = aux_layer_ids(info)
+def check_aux(ids: list[int] | None, info: TargetInfo, where: str) -> list[int] | None:
+    """The target layers the checkpoint reads: None where they are ours (the run's caches
+    hold them), else the three it names, each a layer the target has."""
+    n, ours = target_layers(info), aux_layer_ids(info)
+    if ids is None or list(ids) == ours:
+        return None
     require(
-        ids is None or ours is None or list(ids) == ours,
-        f"{where}: reads target layers {ids}; specbench's cache holds {ours}",
+        len(ids) == 3 and (n is None or all(0 <= int(i) <= n for i in ids)),
+        f"{where}: reads target layers {ids}, not three of the target's 0..{n}",
     )
+    return [int(i) for i in ids]
 
 
 def draft_from_tensors(
-    tensors: dict[str, torch.Tensor], prefix: str, info: TargetInfo, intermediate: int, where: str
+    tensors: dict[str, torch.Tensor],
+    prefix: str,
+    info: TargetInfo,
+    intermediate: int,
+    where: str,
+    aux: list[int] | None = None,
 ) -> Draft:
-    """Our ``eagle3`` from a checkpoint's tensors (layer under ``prefix``)."""
+    """Our ``eagle3`` from a checkpoint's tensors (layer under ``prefix``; ``aux``: the target
+    layers it reads where they are not ours)."""
     missing = [n for n in TOP_NAMES if n not in tensors]
     missing += [prefix + n for n in LAYER_NAMES if prefix + n not in tensors]
     require(not missing, f"{where}: missing tensors {missing}")
@@ -252,7 +219,7 @@ def draft_from_tensors(
             f"{where}: its embed_tokens is not the target's embedding (ours is frozen to the "
             f"target's; max |Δ| = {err})",
         )
-    draft = build_draft("eagle3", info, intermediate_size=intermediate)
+    draft = build_draft("eagle3", info, intermediate_size=intermediate, aux_layers=aux)
     state = {n: tensors[n] for n in TOP_NAMES}
     state["lm_head.weight"] = state["lm_head.weight"][rows]
     state.update({n: tensors[prefix + n] for n in LAYER_NAMES})
@@ -272,9 +239,9 @@ def load_speculators(path: str | Path, info: TargetInfo) -> Draft:
         require(not cfg.get(flag, False), f"{where}: {flag} = true (our eagle3 has none of it)")
     hidden = cfg.get("target_hidden_size") or info.hidden_size
     require(hidden == info.hidden_size, f"{where}: target_hidden_size {hidden}")
-    check_aux(cfg.get("eagle_aux_hidden_state_layer_ids"), info, where)
+    aux = check_aux(cfg.get("eagle_aux_hidden_state_layer_ids"), info, where)
     inter = int(layer.get("intermediate_size", info.intermediate_size))
-    return draft_from_tensors(tensors, LAYER["speculators"], info, inter, where)
+    return draft_from_tensors(tensors, LAYER["speculators"], info, inter, where, aux)
 
 
 def load_sglang(path: str | Path, info: TargetInfo) -> Draft:
@@ -289,9 +256,82 @@ def load_sglang(path: str | Path, info: TargetInfo) -> Draft:
     hidden = cfg.get("target_hidden_size") or info.hidden_size
     require(hidden == info.hidden_size, f"{where}: target_hidden_size {hidden}")
     eagle = cfg.get("eagle_config") or {}
-    check_aux(eagle.get("eagle_aux_hidden_state_layer_ids"), info, where)
+    aux = check_aux(eagle.get("eagle_aux_hidden_state_layer_ids"), info, where)
     inter = int(cfg.get("intermediate_size", info.intermediate_size))
     try:
-        return draft_from_tensors(tensors, LAYER["sglang"], info, inter, where)
+        return draft_from_tensors(tensors, LAYER["sglang"], info, inter, where, aux)
     except KeyError as err:  # pragma: no cover - names checked above
         raise FormatError(f"{where}: missing {err}") from None
+
+
+def offsets_vocab(tensors: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """The target ids of an EAGLE-3 checkpoint's draft vocabulary (``d2t`` holds offsets)."""
+    return tensors["d2t"].long() + torch.arange(tensors["d2t"].numel())
+
+
+# -- export (each registered with its reader) ---------------------------------------------
+
+
+@register_format(
+    "eagle3",
+    "speculators",
+    load=load_speculators,
+    vocab=offsets_vocab,
+    loaded_by='`vllm serve --speculative-config \'{"method": "eagle3", "model": OUT}\'`; '
+    "speculators `Eagle3DraftModel`",
+    verified="speculators 0.9.0 `Eagle3DraftModel.from_pretrained`: max \\|Δ\\| = 0 (export), 0 "
+    "(its own checkpoint → `load_external`); with Llama-3.1's `llama3` RoPE scaling: 0 and 0",
+)
+def export_speculators(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
+    """speculators 0.9.0 ``Eagle3SpeculatorConfig`` + weights (``vllm serve`` loads it)."""
+    cfg = hf_config(info)
+    config = {
+        "architectures": ["Eagle3Speculator"],
+        "speculators_model_type": "eagle3",
+        "speculators_version": "0.9.0",
+        "transformer_layer_config": layer_config(info, draft.hparams["intermediate_size"]),
+        "draft_vocab_size": info.draft_vocab_size,
+        "norm_before_residual": False,
+        "norm_before_fc": False,
+        "fc_norm": False,
+        "norm_output": False,
+        "embed_requires_grad": False,
+        "target_hidden_size": None,
+        "eagle_aux_hidden_state_layer_ids": draft.aux_layers or aux_layer_ids(info),
+        "torch_dtype": "float32",
+        "speculators_config": {
+            "algorithm": "eagle3",
+            "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": k}],
+            "default_proposal_method": "greedy",
+            "verifier": {
+                "name_or_path": verifier,
+                "architectures": list(getattr(cfg, "architectures", None) or []),
+            },
+        },
+    }
+    return write_checkpoint(out, config, tensors_out(draft, info, "speculators"))
+
+
+@register_format(
+    "eagle3",
+    "sglang",
+    load=load_sglang,
+    vocab=offsets_vocab,
+    loaded_by="SGLang `--speculative-algorithm EAGLE3 --speculative-draft-model-path OUT`; "
+    "SpecForge `LlamaForCausalLMEagle3`",
+    verified="SpecForge 0.2.0 `LlamaForCausalLMEagle3`: max \\|Δ\\| = 1.7e-6 (export), 1.2e-7 "
+    "(its own checkpoint → `load_external`); with `llama3` scaling: 1.6e-6 and 1.8e-7; "
+    "float32, \\|logits\\| ≤ 7",
+)
+def export_sglang(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
+    """SpecForge's ``LlamaForCausalLMEagle3`` config (a Llama config + ``draft_vocab_size``)
+    and weights: what SGLang's ``--speculative-algorithm EAGLE3`` loads."""
+    config = layer_config(info, draft.hparams["intermediate_size"])
+    config.update(
+        architectures=["LlamaForCausalLMEagle3"],
+        draft_vocab_size=info.draft_vocab_size,
+        target_hidden_size=info.hidden_size,
+        eagle_config={"eagle_aux_hidden_state_layer_ids": draft.aux_layers or aux_layer_ids(info)},
+        torch_dtype="float32",
+    )
+    return write_checkpoint(out, config, tensors_out(draft, info, "sglang"))

@@ -22,36 +22,8 @@ from specbench.formats.common import (
     require,
     write_checkpoint,
 )
+from specbench.formats.registry import refuse_format, register_format
 from specbench.targets.info import TargetInfo
-
-
-def export_vllm(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
-    h = draft.hparams
-    tensors: dict[str, torch.Tensor] = {}
-    for name, value in draft.state_dict().items():
-        if m := re.fullmatch(r"blocks\.(\d+)\.(\d+)\.linear\.(weight|bias)", name):
-            tensors[f"blocks.{m[1]}.layers.{m[2]}.{m[3]}"] = value
-        elif m := re.fullmatch(r"heads\.(\d+)\.weight", name):
-            tensors[f"lm_heads.{m[1]}.weight"] = value
-        else:  # pragma: no cover - a new parameter would need a name in the format
-            raise ValueError(f"medusa: no vLLM name for {name}")
-    if not is_full_vocab(info):
-        tensors["token_map"] = info.draft_to_target.cpu().long()
-    config = {
-        "architectures": ["MedusaModel"],
-        "model_type": "medusa",
-        "hidden_size": info.hidden_size,
-        "vocab_size": info.vocab_size,
-        "truncated_vocab_size": info.draft_vocab_size,
-        "num_heads": h["num_heads"],
-        "num_hidden_layers": h["num_layers"],
-        "medusa_fc_bias": True,
-        "original_lm_head": False,
-        "max_paths": 64,
-        "topk": 10,
-        "torch_dtype": "float32",
-    }
-    return write_checkpoint(out, config, tensors)
 
 
 def load_vllm(path: str | Path, info: TargetInfo) -> Draft:
@@ -86,3 +58,54 @@ def load_vllm(path: str | Path, info: TargetInfo) -> Draft:
         state[f"heads.{i}.weight"] = head[rows]
     draft.load_state_dict({k: v.float() for k, v in state.items()})
     return draft
+
+
+def token_map_vocab(tensors: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
+    """The target ids of a MEDUSA checkpoint's draft vocabulary (no ``token_map``: all)."""
+    return tensors["token_map"].long() if "token_map" in tensors else torch.arange(vocab_size)
+
+
+refuse_format(
+    "medusa",
+    "speculators",
+    "speculators 0.9.0 defines no MEDUSA model; vLLM's method=medusa loads its own "
+    "MEDUSA format: use --format vllm",
+)
+refuse_format("medusa", "sglang", "SGLang serves no MEDUSA drafts; vLLM does: use --format vllm")
+
+
+@register_format(
+    "medusa",
+    "vllm",
+    load=load_vllm,
+    vocab=token_map_vocab,
+    loaded_by="vLLM `method: medusa` (its `MedusaConfig`; `token_map` for a truncated vocabulary)",
+    verified="no peer class runs on CPU (vLLM's needs vLLM): round trip through our reader only",
+)
+def export_vllm(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
+    h = draft.hparams
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in draft.state_dict().items():
+        if m := re.fullmatch(r"blocks\.(\d+)\.(\d+)\.linear\.(weight|bias)", name):
+            tensors[f"blocks.{m[1]}.layers.{m[2]}.{m[3]}"] = value
+        elif m := re.fullmatch(r"heads\.(\d+)\.weight", name):
+            tensors[f"lm_heads.{m[1]}.weight"] = value
+        else:  # pragma: no cover - a new parameter would need a name in the format
+            raise ValueError(f"medusa: no vLLM name for {name}")
+    if not is_full_vocab(info):
+        tensors["token_map"] = info.draft_to_target.cpu().long()
+    config = {
+        "architectures": ["MedusaModel"],
+        "model_type": "medusa",
+        "hidden_size": info.hidden_size,
+        "vocab_size": info.vocab_size,
+        "truncated_vocab_size": info.draft_vocab_size,
+        "num_heads": h["num_heads"],
+        "num_hidden_layers": h["num_layers"],
+        "medusa_fc_bias": True,
+        "original_lm_head": False,
+        "max_paths": 64,
+        "topk": 10,
+        "torch_dtype": "float32",
+    }
+    return write_checkpoint(out, config, tensors)

@@ -21,6 +21,7 @@ from specbench.formats.common import (
     require,
     write_checkpoint,
 )
+from specbench.formats.registry import refuse_format, register_format
 from specbench.targets.info import TargetInfo
 
 TRUNCATED = (
@@ -29,32 +30,6 @@ TRUNCATED = (
     "this draft's {Vd}-token vocabulary; only a full-vocabulary draft (data.draft_vocab_size "
     "≥ the target vocabulary) converts exactly"
 )
-
-
-def export_vllm(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
-    """``config.json`` (``MLPSpeculatorPreTrainedModel``) + ``model.safetensors``."""
-    require(is_full_vocab(info), TRUNCATED.format(V=info.vocab_size, Vd=info.draft_vocab_size))
-    h = draft.hparams
-    state = draft.state_dict()
-    tensors = {}
-    for name, value in state.items():
-        if name.startswith("emb."):  # our last row is the off-vocabulary token: none here
-            value = value[: info.vocab_size]
-        tensors[name] = value
-    config = {
-        "architectures": ["MLPSpeculatorPreTrainedModel"],
-        "model_type": "mlp_speculator",
-        "vocab_size": info.vocab_size,
-        "emb_dim": info.hidden_size,
-        "inner_dim": h["inner_dim"],
-        "n_predict": h["num_stages"],
-        "top_k_tokens_per_head": [1] * h["num_stages"],
-        "n_candidates": 1,
-        "tie_weights": h["tie_weights"],
-        "scale_input": h["scale_input"],
-        "torch_dtype": "float32",
-    }
-    return write_checkpoint(out, config, tensors)
 
 
 def load_vllm(path: str | Path, info: TargetInfo) -> Draft:
@@ -93,3 +68,47 @@ def load_vllm(path: str | Path, info: TargetInfo) -> Draft:
         state[name] = value
     draft.load_state_dict(state)
     return draft
+
+
+refuse_format(
+    "mlp_speculator",
+    "speculators",
+    "speculators 0.9.0 defines no MLP-speculator model (it has eagle3, mtp, dflash, "
+    "dflash2, dspark, peagle, xpress); vLLM's method=mlp_speculator loads IBM fms-extras' "
+    "format: use --format vllm",
+)
+
+
+@register_format(
+    "mlp_speculator",
+    "vllm",
+    load=load_vllm,  # no vocabulary map: the whole target vocabulary
+    loaded_by="vLLM `method: mlp_speculator` (IBM fms-extras `MLPSpeculatorPreTrainedModel`); "
+    "full-vocabulary drafts only (the format has no vocabulary map)",
+    verified="none on CPU (fms-extras is not on PyPI, vLLM needs vLLM): round trip through our "
+    "reader only",
+)
+def export_vllm(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
+    """``config.json`` (``MLPSpeculatorPreTrainedModel``) + ``model.safetensors``."""
+    require(is_full_vocab(info), TRUNCATED.format(V=info.vocab_size, Vd=info.draft_vocab_size))
+    h = draft.hparams
+    state = draft.state_dict()
+    tensors = {}
+    for name, value in state.items():
+        if name.startswith("emb."):  # our last row is the off-vocabulary token: none here
+            value = value[: info.vocab_size]
+        tensors[name] = value
+    config = {
+        "architectures": ["MLPSpeculatorPreTrainedModel"],
+        "model_type": "mlp_speculator",
+        "vocab_size": info.vocab_size,
+        "emb_dim": info.hidden_size,
+        "inner_dim": h["inner_dim"],
+        "n_predict": h["num_stages"],
+        "top_k_tokens_per_head": [1] * h["num_stages"],
+        "n_candidates": 1,
+        "tie_weights": h["tie_weights"],
+        "scale_input": h["scale_input"],
+        "torch_dtype": "float32",
+    }
+    return write_checkpoint(out, config, tensors)

@@ -17,6 +17,7 @@ import torch
 
 from specbench.drafts import Draft
 from specbench.formats.common import hf_config, require, write_checkpoint
+from specbench.formats.registry import register_format
 from specbench.targets.info import TargetInfo
 
 
@@ -51,6 +52,14 @@ def mtp_tensors(draft: Draft, info: TargetInfo) -> dict[str, torch.Tensor]:
     return out
 
 
+@register_format(
+    "mtp",
+    "mtp",  # export only: drafts/mtp_import.py reads the released layer as a target's module
+    loaded_by="the target checkpoint itself: DeepSeek-V3's `model.layers.61.*`; vLLM "
+    "`method: deepseek_mtp`",
+    verified="none on CPU (speculators' MTP converter reads Qwen3-Next-style `mtp.*` names, not "
+    "DeepSeek's): read back by `drafts/mtp_import.py`, exact",
+)
 def export_mtp(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:
     cfg = hf_config(info)
     tensors = mtp_tensors(draft, info)

@@ -11,7 +11,7 @@ import json
 
 from transformers import AutoConfig
 
-from specbench.data.generate import iter_jsonl
+from specbench.artifacts import iter_responses
 from specbench.features.vocab import full_vocab_payload, vocab_payload
 from specbench.io import atomic_write_text
 from specbench.jobs import Job
@@ -25,7 +25,7 @@ def run(job: Job) -> None:
         payload = full_vocab_payload(AutoConfig.from_pretrained(job.params["model"]).vocab_size)
     else:
         paths = job.input["responses"]
-        responses = (r["response_ids"] for p in paths for r in iter_jsonl(p))  # streamed
+        responses = (r.response_ids for p in paths for r in iter_responses(p))  # streamed
         eos = load_tokenizer(job.params["model"]).eos_token_id
         payload = vocab_payload(responses, ctx.cfg.data.draft_vocab_size, (eos,))
     atomic_write_text(job.output["vocab"], json.dumps(payload))

@@ -1,4 +1,4 @@
-"""Stage ``evaluate_draft``: expected and live/replayed τ of one draft, every domain × T.
+"""Stage ``evaluate_draft``: every registered τ estimator of one draft, every domain × T.
 
 Each rank takes every ``world``-th cache batch (expected τ) and every ``world``-th prompt
 (live decoding, one random stream per prompt), so the tables do not depend on the number of
@@ -8,20 +8,15 @@ that decode different numbers of rounds still run their forwards in step.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
+from specbench.artifacts import EvalMetrics, TrainStatus
 from specbench.data.splits import eval_split
-from specbench.decoding.evaluate import (
-    PromptStats,
-    expected_tau_by_prompt,
-    live_tau_by_prompt,
-    unbiased_tau_by_prompt_stats,
-)
+from specbench.decoding import Setting
+from specbench.decoding.estimators import measure_all, per_prompt_rows
 from specbench.dist import Lockstep, gather_to_rank0
 from specbench.drafts import load_draft
 from specbench.drafts.align import usable_k
@@ -48,46 +43,31 @@ def run(job: Job) -> None:
     ctx = start(job)
     cfg, wc = ctx.cfg, job.wildcards
     model = ctx.target()
-    lockstep = ctx.zero3 and ctx.world > 1
-    runner = TargetRunner(Lockstep(model) if lockstep else model)
     eos = load_tokenizer(job.params["model"]).eos_token_id
     first = FeatureCache(job.input["caches"][0])
     info = target_info_from_checkpoint(job.params["model"], first.draft_to_target)
     draft = load_draft(Path(job.input["draft"]).parent, info).to(ctx.device).eval()
+    lockstep = ctx.zero3 and ctx.world > 1
+    layers = draft.target_layers(model.config.num_hidden_layers)  # live decoding's features
+    runner = TargetRunner(Lockstep(model) if lockstep else model, layers)
     k = usable_k(draft, cfg.eval.k_for(wc["arch"]))
-    shard = (ctx.rank, ctx.world)
-    mine: dict[Cell, list[dict[int, PromptStats]]] = {}  # expected, live, unbiased
+    setting = Setting(
+        draft, k, int(wc["seed"]), runner=runner, live_prompts=cfg.eval.live_prompts,
+        live_new_tokens=cfg.eval.live_new_tokens, unbiased_anchors=cfg.eval.unbiased_anchors,
+        eos_token_id=eos, shard=(ctx.rank, ctx.world),
+    )  # fmt: skip
+    mine: dict[Cell, dict[str, dict]] = {}  # cell -> estimator name -> prompt -> sums
     done, cells, t0 = 0, len(cfg.temperatures) * len(cfg.domains), time.time()
     for temperature in cfg.temperatures:
         split = eval_split(temperature)
         for domain in cfg.domains:
             cache = FeatureCache(_cache_path(job.input["caches"], split, domain))
-            exp = expected_tau_by_prompt(draft, cache, k, float(temperature), shard=shard)
-            live = live_tau_by_prompt(
-                draft,
-                cache,
-                # T=0 replays the cached greedy path without the target: every prompt is cheap
-                len(cache) if temperature == 0 else cfg.eval.live_prompts,
-                k,
-                float(temperature),
-                cfg.eval.live_new_tokens,
-                int(wc["seed"]),
-                runner=runner,
-                eos_token_id=eos,
-                shard=shard,
-            )
-            unbiased = (
-                unbiased_tau_by_prompt_stats(
-                    draft, cache, runner, k, int(wc["seed"]), cfg.eval.unbiased_anchors, shard
-                )
-                if temperature == 1
-                else {}
-            )
-            mine[(temperature, domain)] = [exp, live, unbiased]
+            mine[(temperature, domain)] = found = measure_all(setting, cache, temperature)
             done += 1
+            counts = ", ".join(f"{len(v)} {name}" for name, v in found.items())
             ctx.say(
-                f"{domain} T={temperature}: rank 0: {len(exp)} expected, {len(live)} live, "
-                f"{len(unbiased)} unbiased [{progress(done, cells, time.time() - t0, 'cells')}]"
+                f"{domain} T={temperature}: rank 0: {counts} "
+                f"[{progress(done, cells, time.time() - t0, 'cells')}]"
             )
     if lockstep:
         runner.model.drain()  # keep answering the other ranks' forwards until all are done
@@ -97,29 +77,14 @@ def run(job: Job) -> None:
     rows = []
     for temperature in cfg.temperatures:
         for domain in cfg.domains:
-            exp, live, unbiased = (
-                {pid: s for p in parts for pid, s in p[(temperature, domain)][i].items()}
-                for i in range(3)
-            )
-            rows += _rows(domain, temperature, exp, live, unbiased)
-            ctx.say(f"{domain} T={temperature}: {len(exp)} prompts expected, {len(live)} live")
+            found = {
+                name: {pid: s for p in parts for pid, s in p[(temperature, domain)][name].items()}
+                for name in parts[0][(temperature, domain)]
+            }
+            rows += per_prompt_rows(domain, temperature, found)
+            counts = ", ".join(f"{len(v)} {name}" for name, v in found.items())
+            ctx.say(f"{domain} T={temperature}: prompts: {counts}")
     write_outputs(job, rows, k, draft, info, cfg.temperatures, cfg.domains)
-
-
-def _rows(domain: str, temperature: int, exp: dict, live: dict, unbiased: dict) -> list[dict]:
-    """One row per prompt: the expected-τ sums, then what live decoding and the unbiased
-    estimator measured on that prompt (zeros where they did not run)."""
-    live_keys = ("rounds", "accepted_sum", "tokens", "wall_seconds", "target_seconds")
-    live_keys += ("draft_seconds", "reached", "accepted_at")
-    unbiased_keys = ("unbiased_anchors", "tau_unbiased_sum", "unbiased_seconds")
-    rows = []
-    for pid in sorted(exp):
-        row = {"domain": domain, "temperature": temperature, **asdict(exp[pid])}
-        for found, keys in ((live, live_keys), (unbiased, unbiased_keys)):
-            if pid in found:
-                row.update({key: getattr(found[pid], key) for key in keys})
-        rows.append(row)
-    return rows
 
 
 def write_outputs(job: Job, rows: list[dict], k: int, draft, info, temperatures, domains) -> None:
@@ -131,29 +96,19 @@ def write_outputs(job: Job, rows: list[dict], k: int, draft, info, temperatures,
         df[f"accepted_{j + 1}"] = df["accepted_at"].map(at)
     df = df.drop(columns=["reached", "accepted_at"])
     wc = job.wildcards
-    meta = {
-        "target": wc["target"],
-        "draft_arch": wc["arch"],
-        "loss": job.params["loss"],
-        "seed": int(wc["seed"]),
-        "k_eval": k,
+    meta = EvalMetrics(
+        target=wc["target"],
+        draft_arch=wc["arch"],
+        loss=job.params["loss"],
+        seed=int(wc["seed"]),
+        k_eval=k,
         # all of the draft's own parameters, frozen ones too (MTP's released experts); the
         # target's embedding and head are shared buffers and do not count
-        "draft_params": sum(p.numel() for p in draft.parameters()),
-        "trainable_params": draft.num_trainable_parameters(),
-        "cost_ratio": draft.flops_per_step() / info.target_flops_per_token,
-        "cells": [{"domain": d, "temperature": t} for t in temperatures for d in domains],
-        "train_status": train_status(Path(job.input["draft"]).parent),
-    }
+        draft_params=sum(p.numel() for p in draft.parameters()),
+        trainable_params=draft.num_trainable_parameters(),
+        cost_ratio=draft.flops_per_step() / info.target_flops_per_token,
+        cells=[{"domain": d, "temperature": t} for t in temperatures for d in domains],
+        train_status=TrainStatus.label_of(Path(job.input["draft"]).parent),
+    )
     atomic_write_text(job.output["per_prompt"], df.to_csv(index=False))
-    atomic_write_text(job.output["metrics"], json.dumps(meta, indent=1))
-
-
-def train_status(draft_dir: Path) -> str:
-    """``complete``; ``stopped: <why>`` for a draft whose training stopped early (a
-    non-finite loss or gradient); ``external`` for a draft trained elsewhere."""
-    path = draft_dir / "train_status.json"
-    if not path.is_file():
-        return "external"
-    status = json.loads(path.read_text())
-    return status["status"] if status["status"] == "complete" else f"stopped: {status['reason']}"
+    meta.write(job.output["metrics"])

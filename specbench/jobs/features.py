@@ -14,49 +14,19 @@ the largest batch has sequences, so the ranks stay in step (a short last batch, 
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
+from specbench.artifacts import vocab_feature_layers, vocab_ids
 from specbench.config import Config
 from specbench.dist import gather_to_rank0, lockstep_batches
-from specbench.features.cache import PackedSequences, Sequence, concat_caches, save_cache
+from specbench.features.cache import concat_caches, read_sequences, save_cache
 from specbench.io import progress
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.targets.featurize import compute_features, compute_prefix_kv
 from specbench.targets.runner import TargetRunner
-
-
-def iter_sequences(paths: list[str], merged: bool) -> Iterator[Sequence]:
-    """The responses of one or more domains, read line by line; ``merged`` renumbers prompts
-    to stay unique (0, 1, ... across the files)."""
-    n = 0
-    for path in paths:
-        with open(path) as lines:  # 660k responses never sit in memory as dicts
-            for line in lines:
-                if line.strip():
-                    r = json.loads(line)
-                    pid = n if merged else r["prompt_index"]
-                    look = r.get("lookahead_ids", [])
-                    yield Sequence(r["prompt_ids"], r["response_ids"], pid, look)
-                    n += 1
-
-
-def read_sequences(paths: list[str], merged: bool) -> list[Sequence]:
-    """:func:`iter_sequences` as a list (a cache job holds its sequences anyway)."""
-    return list(iter_sequences(paths, merged))
-
-
-def read_packed(paths: list[str]) -> PackedSequences:
-    """:func:`iter_sequences` merged and packed (4 bytes a token: online training's data)."""
-    packed = PackedSequences()
-    for seq in iter_sequences(paths, merged=True):
-        packed.append(seq)
-    return packed.freeze()
 
 
 def stores_prefix_kv(job: Job, cfg: Config) -> bool:
@@ -68,9 +38,9 @@ def stores_prefix_kv(job: Job, cfg: Config) -> bool:
 def run(job: Job) -> None:
     ctx = start(job)
     out = job.output["cache"]
-    d2t = torch.tensor(json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"])
+    d2t = torch.tensor(vocab_ids(job.input["vocab"]))
     seqs = read_sequences(job.input["responses"], merged=job.stage == "features_train")
-    runner = TargetRunner(ctx.target())
+    runner = TargetRunner(ctx.target(), vocab_feature_layers(job.input["vocab"]))
     size = ctx.cfg.data.feature_batch_size
     batches = list(enumerate(seqs[i : i + size] for i in range(0, len(seqs), size)))
     kv = stores_prefix_kv(job, ctx.cfg)

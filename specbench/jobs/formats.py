@@ -17,12 +17,15 @@ from pathlib import Path
 
 import torch
 
+from specbench.artifacts import vocab_feature_layers, vocab_ids
 from specbench.drafts import load_draft
 from specbench.formats import FormatError, export_draft, external_vocab, load_external
+from specbench.formats.common import target_layers
 from specbench.io import atomic_dir, atomic_write_text
 from specbench.jobs import Job
 from specbench.jobs.common import start
 from specbench.targets.info import target_info_from_checkpoint
+from specbench.targets.runner import feature_layer_indices
 
 
 def _external(job: Job):
@@ -32,8 +35,8 @@ def _external(job: Job):
 
 
 def _info(job: Job):
-    vocab = json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"]
-    return target_info_from_checkpoint(job.params["model"], torch.tensor(vocab))
+    vocab = torch.tensor(vocab_ids(job.input["vocab"]))
+    return target_info_from_checkpoint(job.params["model"], vocab)
 
 
 def write_vocab(job: Job) -> None:
@@ -41,17 +44,32 @@ def write_vocab(job: Job) -> None:
     ext = _external(job)
     from transformers import AutoConfig
 
-    vocab_size = AutoConfig.from_pretrained(job.params["model"]).vocab_size
-    ids = external_vocab(ext.format, ext.path, vocab_size)
+    target = AutoConfig.from_pretrained(job.params["model"])
+    ids = external_vocab(ext.format, ext.path, target.vocab_size)
     payload = {"draft_to_target": ids.tolist(), "size": ids.numel(), "source": ext.loss}
+    # a draft that reads other target layers than the default: its caches are made at those
+    draft = load_external(
+        ext.format, ext.path, target_info_from_checkpoint(job.params["model"], ids)
+    )
+    layers = draft.target_layers(target.num_hidden_layers)
+    if layers != feature_layer_indices(target.num_hidden_layers):
+        payload["feature_layers"] = list(layers)
     atomic_write_text(job.output["vocab"], json.dumps(payload))
     print(f"{ext.loss}: its own draft vocabulary, {ids.numel()} tokens", flush=True)
 
 
 def import_draft(job: Job) -> None:
     """Read the external checkpoint and save it as a specbench draft (origin recorded)."""
-    ext = _external(job)
-    draft = load_external(ext.format, ext.path, _info(job))
+    ext, info = _external(job), _info(job)
+    draft = load_external(ext.format, ext.path, info)
+    n = target_layers(info)
+    cached = vocab_feature_layers(job.input["vocab"]) or feature_layer_indices(n)
+    if n is not None and draft.target_layers(n) != cached:
+        raise FormatError(
+            f"{ext.name} reads target layers {draft.target_layers(n)}, its caches hold {cached}: "
+            "evaluate it over its own vocabulary (external_drafts: vocab: own), whose caches "
+            "are made at its layers"
+        )
     folder = Path(job.output["model"]).parent
     with atomic_dir(folder) as tmp:
         draft.save(tmp)

@@ -23,7 +23,8 @@ import json
 import time
 from pathlib import Path
 
-from specbench.data.generate import chat_prompt_ids, generate_responses, split_at_eos, write_jsonl
+from specbench.artifacts import ResponseRow, write_responses
+from specbench.data.generate import chat_prompt_ids, generate_responses, split_at_eos
 from specbench.data.splits import SPLITS, name_seed, shard_seed
 from specbench.dist import gather_to_rank0
 from specbench.io import atomic_write_text, progress
@@ -77,15 +78,12 @@ def run(job: Job) -> None:
     responses = [next((p[i] for p in parts if p[i] is not None), None) for i in range(len(ids))]
     if None in responses:  # a bug in the sharding, never a user error: fail loudly
         raise RuntimeError(f"no rank generated prompt {responses.index(None)}")
-    rows = []
-    for i, (p, resp) in enumerate(zip(ids, responses, strict=True)):
-        response, lookahead = split_at_eos(resp, tok.eos_token_id)
-        rows.append(
-            {"prompt_index": offset + i, "prompt_ids": p, "response_ids": response}
-            | {"lookahead_ids": lookahead}
-        )
-    write_jsonl(out, rows)
-    n = sum(len(r["response_ids"]) for r in rows)
+    rows = [
+        ResponseRow(offset + i, p, *split_at_eos(resp, tok.eos_token_id))
+        for i, (p, resp) in enumerate(zip(ids, responses, strict=True))
+    ]
+    write_responses(out, rows)
+    n = sum(len(r.response_ids) for r in rows)
     ctx.say(
         f"{len(rows)} responses, {n} response tokens, T={temperature}, {ctx.world} ranks, "
         f"{time.time() - t0:.0f}s"

@@ -44,9 +44,9 @@ def run(job: Job) -> None:
             exclude=held_out,
             stats=stats,
         ):
-            if row["prompt_index"] % PROGRESS_ROWS == 0 and row["prompt_index"]:
-                ctx.say(f"  {row['prompt_index']} rows, {time.time() - t0:.0f}s")
-            yield json.dumps(row) + "\n"
+            if row.prompt_index % PROGRESS_ROWS == 0 and row.prompt_index:
+                ctx.say(f"  {row.prompt_index} rows, {time.time() - t0:.0f}s")
+            yield row.to_line()
 
     kept = atomic_write_lines(job.output["responses"], lines())
     ctx.say(f"{stats.summary()} ({time.time() - t0:.0f}s)")

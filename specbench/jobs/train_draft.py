@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from specbench.features.cache import FeatureCache
 from specbench.jobs import Job
 from specbench.jobs.common import start
+from specbench.targets.info import target_info_from_checkpoint
 from specbench.training.recipe import train_cell
 
 
@@ -19,9 +21,11 @@ def run(job: Job) -> None:
     arch = wc["arch"]
     if "steps" in wc:
         train = train.model_copy(update={"steps": int(wc["steps"]), "epochs": None})
+    cache = FeatureCache(job.input["cache"])
+    info = target_info_from_checkpoint(job.params["model"], cache.draft_to_target)
     train_cell(
-        job.input["cache"],
-        job.params["model"],
+        cache,
+        info,
         arch,
         ctx.cfg.arch_hparams.get(arch, {}),
         job.params["loss"],

@@ -12,17 +12,18 @@ into the group's folder and checkpoints the group every ``train.checkpoint_every
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from specbench.artifacts import vocab_ids
+from specbench.features.cache import read_packed
 from specbench.jobs import Job
 from specbench.jobs.common import start
-from specbench.jobs.features import read_packed
 from specbench.targets.featurize import OnlineFeatures
+from specbench.targets.info import target_info_from_checkpoint
 from specbench.targets.runner import TargetRunner
 from specbench.training.recipe import Run, train_runs
 
@@ -37,12 +38,13 @@ def run(job: Job) -> None:
     cfg, arch = ctx.cfg, job.wildcards["arch"]
     out = Path(job.output["group"])
     runs = [Run(r["loss"], int(r["seed"]), out / r["folder"]) for r in job.params["runs"]]
-    d2t = torch.tensor(json.loads(Path(job.input["vocab"]).read_text())["draft_to_target"])
+    d2t = torch.tensor(vocab_ids(job.input["vocab"]))
     seqs = read_packed(job.input["responses"])
     source = OnlineFeatures(TargetRunner(ctx.target()), seqs, d2t)
+    info = target_info_from_checkpoint(job.params["model"], d2t)
     ckpt = Path(job.params["checkpoint"])  # a folder
     train_runs(
-        source, job.params["model"], arch, cfg.arch_hparams.get(arch, {}), runs,
+        source, info, arch, cfg.arch_hparams.get(arch, {}), runs,
         cfg.train_for(job.wildcards["target"]),
         device=ctx.device, log=ctx.say, checkpoint=ckpt,
     )  # fmt: skip

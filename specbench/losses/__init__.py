@@ -11,7 +11,7 @@ is the registration order and so the canonical order of terms in a spec label.
 """
 
 # registration, in canonical order
-from . import kl, tv, lk_alpha, lk_lambda, tvdpp, ce, rkl, jsd, weighting  # noqa: F401, I001
+from . import kl, tv, lk_alpha, lk_lambda, tvdpp, ce, rkl, jsd, hellinger, weighting  # noqa: F401, I001
 from .core import LossFn, Rows, build, position_mean
 from .registry import LOSSES, available, canonical, register_loss
 from .rowstats import Request, row_stats

@@ -8,7 +8,7 @@ valid rows of that position (0 if there are none); ``w_k`` is the head decay ``�
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,16 +16,9 @@ import torch.distributed as dist
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
+from .eager import STATISTICS
 from .registry import Resolved, canonical, resolve
-from .rowstats import Request, row_stats
-
-# What a masked row's statistics read as: those of a perfect row (q = p̃: no divergence,
-# α = 1, q(y) = 1), except S = ½ so that TVD++'s σ = sqrt(S(1 − S)) is not 0. Every loss
-# is finite there, so the masked value is finite and its (zero) gradient stays zero: a
-# stat of −inf or 0 (a padded row of −inf target log-probs has α = 0) would turn the zero
-# gradient into 0·∞ = NaN at the first log or division.
-MASKED = {"kl": 0.0, "rkl": 0.0, "jsd": 0.0, "alpha": 1.0, "pg_r": 0.0, "pg_1": 0.0}
-MASKED.update(pg_s=0.5, logq_y=0.0)
+from .rowstats import STAT_NAMES, Request, row_stats
 
 
 @dataclass
@@ -34,7 +27,9 @@ class Rows:
 
     ``kl``, ``rkl``, ``jsd``, ``alpha``, ``pg_r``, ``pg_1``, ``pg_s`` and ``logq_y`` are
     ``None`` unless requested (see :mod:`specbench.losses.rowstats` for their definitions and
-    gradients). At masked rows they hold the constants of :data:`MASKED`, with no gradient.
+    gradients); a statistic without a fused kernel (:mod:`specbench.losses.eager`) is in
+    ``eager`` and reads as an attribute too (``rows.bc``). At masked rows they hold their
+    statistic's ``masked`` constant, with no gradient.
     """
 
     mask: Tensor  # [N, K] bool, valid rows
@@ -49,6 +44,14 @@ class Rows:
     logq_y: Tensor | None = None
     greedy_ok: Tensor | None = None  # [N, K] bool: argmax draft token == label
     group: Any = None  # the ranks batch statistics pool over (None: these rows alone)
+    eager: dict[str, Tensor] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Tensor:
+        """An eager statistic by name (called only where no field has the name)."""
+        eager = self.__dict__.get("eager", {})
+        if name in eager:
+            return eager[name]
+        raise AttributeError(f"Rows has no statistic {name!r}: did the loss request it?")
 
     @property
     def count(self) -> Tensor:
@@ -58,7 +61,7 @@ class Rows:
     @property
     def dtype(self) -> torch.dtype:
         stats = (self.kl, self.rkl, self.jsd, self.alpha, self.pg_r, self.logq_y)
-        return next(v for v in stats if v is not None).dtype
+        return next(v for v in (*stats, *self.eager.values()) if v is not None).dtype
 
 
 def position_mean(values: Tensor, weight: Tensor, count: Tensor) -> Tensor:
@@ -66,7 +69,7 @@ def position_mean(values: Tensor, weight: Tensor, count: Tensor) -> Tensor:
 
     Rows with zero weight contribute nothing to the value, even if it is not finite; their
     gradient is zero only if ``values`` is finite there with a finite derivative (masked
-    rows are: :data:`MASKED`).
+    rows are: each statistic's ``masked`` value).
     """
     values = torch.where(weight != 0, values, torch.zeros((), dtype=values.dtype))
     return (weight * values).sum(0) / count.clamp_min(1)
@@ -141,8 +144,10 @@ class LossFn:
         y = labels.reshape(-1) if labels is not None else None
         flat = row_stats(z.reshape(n * k, v), t.reshape(n * k, v), y, self.request, self.chunk_rows)
         label_ok = mask & (labels >= 0) if labels is not None else torch.zeros_like(mask)
-        stats = {a: torch.where(mask, s.view(n, k), MASKED[a]) for a, s in flat.items()}
-        rows = Rows(mask=mask, label_ok=label_ok, group=self.group, **stats)
+        stats = {a: torch.where(mask, s.view(n, k), STATISTICS[a].masked) for a, s in flat.items()}
+        fused = {a: s for a, s in stats.items() if a in STAT_NAMES}
+        eager = {a: s for a, s in stats.items() if a not in STAT_NAMES}
+        rows = Rows(mask=mask, label_ok=label_ok, group=self.group, eager=eager, **fused)
         if self.request.greedy:
             rows.greedy_ok = label_ok & (z.detach().argmax(-1) == labels)
         dtype = rows.dtype

@@ -34,17 +34,23 @@ target never emits, instead of ``+∞``.
 ``rkl`` and ``jsd`` are computed from ``u = log q − log p̃`` alone: ``rkl = Σ q u`` and, with
 ``h = log(p̃/m) = log 2 − softplus(u)`` and ``log(q/m) = h + u``,
 ``jsd = ½ Σ (p̃ + q) h + ½ Σ q u`` (no cancellation between entropies when ``q ≈ p̃``).
+
+Each of these has an eager twin in :mod:`.eager` (its definition in plain autograd, which the
+tests compare it with); a statistic that has only the eager definition is computed there
+(:func:`row_stats` falls back to it), so a loss can start in plain torch.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from .eager import LOG2, T_FLOOR, eager_row_stats
+
+# the statistics with a fused kernel here; any other of .eager.STATISTICS is computed there
 STAT_NAMES = ("kl", "rkl", "jsd", "alpha", "pg_r", "pg_1", "pg_s", "logq_y")
 # Rows per chunk of full-vocabulary work, by device. On a CPU a chunk's buffers should stay
 # in cache: CHUNK_ELEMENTS // V rows (4 MiB fp32 buffers). On a GPU a chunk is a few kernel
@@ -52,15 +58,14 @@ STAT_NAMES = ("kl", "rkl", "jsd", "alpha", "pg_r", "pg_1", "pg_s", "logq_y")
 # 3-4 alive, ~1 GiB: 2,048 rows at a 32k vocabulary, 512 at 128k, instead of 32 and 8).
 CHUNK_ELEMENTS = 1 << 20
 CUDA_CHUNK_BYTES = 1 << 28
-T_FLOOR = -1.0e4  # target log-probs are floored here so that p = 0 exactly and 0·t stays 0
-LOG2 = math.log(2.0)
 AlphaOn = Literal["p", "p_tilde"]  # α on the original target probabilities or on p̃
 
 
 @dataclass(frozen=True)
 class Request:
-    """What a loss needs: which row statistics, α on ``"p"`` or ``"p_tilde"``, and whether
-    the greedy (argmax) draft tokens are compared with the labels (``greedy``)."""
+    """What a loss needs: which row statistics, α on ``"p"`` or ``"p_tilde"``, whether
+    the greedy (argmax) draft tokens are compared with the labels (``greedy``), and any
+    statistics without a fused kernel, by name (``eager``: :mod:`.eager` computes them)."""
 
     kl: bool = False
     rkl: bool = False
@@ -70,6 +75,7 @@ class Request:
     logq_y: bool = False
     greedy: bool = False
     alpha_on: str = "p"
+    eager: tuple[str, ...] = ()
 
     def __or__(self, other: Request) -> Request:
         mine, theirs = self.alpha or self.pg, other.alpha or other.pg
@@ -82,11 +88,17 @@ class Request:
             logq_y=self.logq_y or other.logq_y,
             greedy=self.greedy or other.greedy,
             alpha_on=self.alpha_on if mine else other.alpha_on,
+            eager=tuple(sorted({*self.eager, *other.eager})),
         )
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Names of the statistics computed, in column order."""
+        """Names of the statistics computed: the fused ones, then the eager ones."""
+        return self.fused + self.eager
+
+    @property
+    def fused(self) -> tuple[str, ...]:
+        """Names of the statistics the fused kernel computes, in column order."""
         want = {"kl": self.kl, "rkl": self.rkl, "jsd": self.jsd}
         want.update(alpha=self.alpha, logq_y=self.logq_y)
         want.update(pg_r=self.pg, pg_1=self.pg, pg_s=self.pg)
@@ -242,7 +254,7 @@ class RowStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, t, y, req: Request, chunk_rows: int, dtype: torch.dtype):
         rows = z.shape[0]
-        names = req.names
+        names = req.fused
         stats = z.new_empty((rows, len(names)), dtype=dtype)
         lse = z.new_empty((rows, 1), dtype=dtype)
         zsum = z.new_empty((rows, 1), dtype=dtype)
@@ -262,7 +274,7 @@ class RowStats(torch.autograd.Function):
         req, cr, dtype = ctx.req, ctx.chunk_rows, ctx.dtype
         grad_z = torch.empty_like(z)
         ws = _workspace(z, cr, dtype)
-        names = req.names
+        names = req.fused
         for lo in range(0, z.shape[0], cr):
             sl = slice(lo, lo + cr)
             g = {name: grad_stats[sl, j] for j, name in enumerate(names)}
@@ -284,10 +296,14 @@ def row_stats(
 
     Computed in float64 if either input is float64, else float32. ``y`` ([R] long, −100 for
     no label) is needed only for ``logq_y`` (entries with ``y < 0`` are meaningless there).
+    The statistics in ``req.eager`` (no fused kernel) come from :func:`.eager.eager_row_stats`.
     """
     dtype = torch.float64 if torch.float64 in (z.dtype, t.dtype) else torch.float32
     if y is None:
         y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
     cr = chunk_rows or default_chunk_rows(z.shape[-1], z.device)
-    stats = RowStats.apply(z, t.detach(), y, req, cr, dtype)
-    return {name: stats[:, j] for j, name in enumerate(req.names)}
+    out = {}
+    if req.fused:
+        stats = RowStats.apply(z, t.detach(), y, req, cr, dtype)
+        out = {name: stats[:, j] for j, name in enumerate(req.fused)}
+    return out | eager_row_stats(z, t, y, req.eager, req.alpha_on, dtype)

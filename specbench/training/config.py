@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
+from specbench.drafts import DRAFTS
 from specbench.schema import Strict
+
+# names that only the draft registry knows, as types: the generated JSON schema lists them too
+ArchName = Literal[tuple(sorted(DRAFTS))]  # type: ignore[valid-type]
+ArchKey = Literal[(*sorted(DRAFTS), "default")]  # type: ignore[valid-type]
+T = TypeVar("T")
+
+
+def _default_entry(value: Any) -> Any:
+    """The one check of every per-architecture setting: a mapping has a ``default``."""
+    if isinstance(value, dict) and "default" not in value:
+        raise ValueError("per architecture needs a 'default' entry")
+    return value
+
+
+# one value for every architecture, or one per architecture with a "default" for the rest
+PerArch = Annotated[T | dict[ArchKey, T], AfterValidator(_default_entry)]
 
 
 class TrainConfig(Strict):
     """AdamW with linear warm-up then cosine decay; K draft positions per anchor (``k``)."""
 
     # K draft positions per anchor: one number, or per architecture with a "default"
-    k: int | dict[str, int]
+    k: PerArch[int]
     # how long: optimizer steps, or epochs over the training sequences (one of the two; either
     # per architecture with a "default", e.g. the paper's 10 epochs and MTP's 1-epoch fine-tune)
-    steps: int | dict[str, int] | None = None
-    epochs: float | dict[str, float] | None = None
+    steps: PerArch[int] | None = None
+    epochs: PerArch[float] | None = None
     batch_size: int = Field(gt=0)
     # peak learning rate of the cosine schedule: one number, or per architecture with a
     # "default" (a short run wants a larger one for the cheap heads than for EAGLE-3's layer)
-    lr: float | dict[str, float]
+    lr: PerArch[float]
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(ge=0)
@@ -52,21 +69,15 @@ class TrainConfig(Strict):
     @field_validator("k")
     @classmethod
     def _k_positive(cls, v: int | dict[str, int]) -> int | dict[str, int]:
-        values = v.values() if isinstance(v, dict) else [v]
-        if any(x < 1 for x in values):
+        if any(x < 1 for x in per_arch_values(v)):
             raise ValueError(f"train.k must be >= 1, got {v}")
-        if isinstance(v, dict) and "default" not in v:
-            raise ValueError("train.k per architecture needs a 'default' entry")
         return v
 
     @field_validator("steps", "epochs", "lr")
     @classmethod
     def _positive_per_arch(cls, v: Any, info: ValidationInfo) -> Any:
-        values = v.values() if isinstance(v, dict) else [] if v is None else [v]
-        if any(x <= 0 for x in values):
+        if any(x <= 0 for x in per_arch_values(v)):
             raise ValueError(f"train.{info.field_name} must be > 0, got {v}")
-        if isinstance(v, dict) and "default" not in v:
-            raise ValueError(f"train.{info.field_name} per architecture needs a 'default' entry")
         return v
 
     @model_validator(mode="after")
@@ -103,3 +114,8 @@ class TrainConfig(Strict):
 def per_arch(value: float | dict[str, Any], arch: str) -> Any:
     """``value`` itself, or its entry for ``arch`` (else its ``"default"``)."""
     return value.get(arch, value["default"]) if isinstance(value, dict) else value
+
+
+def per_arch_values(value: Any) -> list[Any]:
+    """Every value a per-architecture setting holds (none for an unset one)."""
+    return list(value.values()) if isinstance(value, dict) else [] if value is None else [value]

@@ -9,7 +9,6 @@ job (``train_group``) is every (loss, seed) of an architecture on the running ta
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from specbench.drafts import build_draft
 from specbench.features.cache import FeatureCache
 from specbench.io import atomic_write_text
 from specbench.losses import build as build_loss
-from specbench.targets.info import target_info_from_checkpoint
+from specbench.targets.info import TargetInfo
+from specbench.targets.runner import feature_layer_indices
 from specbench.training.config import TrainConfig
 from specbench.training.trainer import FeatureSource, Member, make_member, train_group
 
@@ -45,17 +45,19 @@ class Run:
 
 def train_runs(
     source: FeatureSource,
-    target_model: str,
+    info: TargetInfo,
     arch: str,
     hparams: dict[str, Any],
     runs: list[Run],
     train: TrainConfig,
+    *,
     device: torch.device | str | None = None,
     log=print,
     data_fraction: float = 1.0,
     checkpoint: str | Path | None = None,
 ) -> list[Member]:
-    """Train ``arch`` once per run on ``source``; write each run's folder.
+    """Train ``arch`` once per run on ``source`` (``info``: the target, with the source's
+    draft vocabulary); write each run's folder.
 
     On N ranks each builds, trains and writes its share of the runs (``runs[rank::N]``) and
     returns those members.
@@ -67,12 +69,16 @@ def train_runs(
     """
     device = torch.device(device or "cpu")
     rank, world = rank_and_world()
-    info = target_info_from_checkpoint(target_model, source.draft_to_target)
+    if not torch.equal(info.draft_to_target.cpu(), source.draft_to_target.cpu()):
+        raise ValueError("the target info's draft vocabulary is not the feature source's")
     mine = runs[rank::world]  # the drafts are spread over the ranks (trainer docstring)
     members, shared = [], {}  # shared: one device copy of the target's embedding per rank
     for run in mine:
         torch.manual_seed(run.seed)  # the draft's initialisation: the same alone or in a group
         draft = build_draft(arch, info, **hparams)
+        layers = getattr(info.extra.get("hf_config"), "num_hidden_layers", None)
+        if layers and draft.target_layers(layers) != feature_layer_indices(layers):
+            raise ValueError(f"{arch} {hparams}: training features hold the default layers")
         loss_fn = build_loss(run.loss)
         members.append(make_member(run.name, draft, loss_fn, run.seed, train, device, shared))
     n = len(source)
@@ -90,7 +96,7 @@ def train_runs(
         out = Path(run.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "train_log.csv", pd.DataFrame(m.records).to_csv(index=False))
-        atomic_write_text(out / "train_status.json", json.dumps(m.status, indent=1))
+        m.status.write(out)
         m.draft.save(out)
     if world > 1:
         dist.barrier()  # every draft of the group is written
@@ -98,25 +104,26 @@ def train_runs(
 
 
 def train_cell(
-    cache_path: str | Path,
-    target_model: str,
+    cache: FeatureCache,
+    info: TargetInfo,
     arch: str,
     hparams: dict[str, Any],
     loss: str,
     seed: int,
     train: TrainConfig,
     out_dir: str | Path,
+    *,
     device: torch.device | str | None = None,
     log=print,
     data_fraction: float = 1.0,
 ) -> list[dict]:
     """One matrix cell: ``arch`` trained with ``loss`` and ``seed`` on the feature cache."""
     run = Run(loss, seed, Path(out_dir))
-    cache = FeatureCache(cache_path)
     log(f"cache: {len(cache)} sequences, {cache.num_positions} positions")
     members = train_runs(
-        cache, target_model, arch, hparams, [run], train, device, log, data_fraction
-    )
+        cache, info, arch, hparams, [run], train,
+        device=device, log=log, data_fraction=data_fraction,
+    )  # fmt: skip
     return members[0].records
 
 

@@ -48,7 +48,6 @@ makes them (``tests/test_ranks.py`` runs groups on 2 and 3 ranks under a hard ti
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,11 +58,12 @@ import torch
 import torch.distributed as dist
 
 from specbench.acceptance import alpha
+from specbench.artifacts import GroupCheckpoint, TrainStatus
 from specbench.dist import rank_and_world
 from specbench.drafts.align import StepTargets, align, usable_k
 from specbench.drafts.base import Draft
 from specbench.features.vocab import target_to_draft_map
-from specbench.io import atomic_write_text, progress, tmp_path_for
+from specbench.io import progress, tmp_path_for
 from specbench.losses.rowstats import default_chunk_rows
 from specbench.training.config import TrainConfig
 from specbench.training.precision import choose_precision
@@ -100,12 +100,12 @@ class Member:
         return [p for p in self.draft.parameters() if p.requires_grad]
 
     @property
-    def status(self) -> dict[str, Any]:
+    def status(self) -> TrainStatus:
         """What ``train_status.json`` says: ``complete``, or ``stopped`` with the reason."""
         done = len(self.records)
         if self.stopped is None:
-            return {"status": "complete", "steps": done}
-        return {"status": "stopped", "steps": done, "reason": self.stopped}
+            return TrainStatus("complete", done)
+        return TrainStatus("stopped", done, self.stopped)
 
 
 def move_sharing(draft: Draft, device, shared: dict[tuple, torch.Tensor]) -> None:
@@ -274,8 +274,7 @@ class Checkpoint:
         if world > 1:
             dist.barrier()
         if rank == 0:
-            record = json.dumps({"step": step, "fingerprint": self.fingerprint})
-            atomic_write_text(self.folder / "step", record)
+            GroupCheckpoint(step, self.fingerprint).write(self.folder)
         if world > 1:
             dist.barrier()
         for m in mine:
@@ -285,14 +284,13 @@ class Checkpoint:
 
     def load(self, mine: list[Member], log) -> int:
         """Restore this rank's drafts if the folder holds this run; the step to go on from."""
-        record = self.folder / "step"
-        if not record.is_file():
+        saved = GroupCheckpoint.read(self.folder)
+        if saved is None:
             return 0
-        saved = json.loads(record.read_text())
-        if saved["fingerprint"] != self.fingerprint:
-            log(f"checkpoint {self.folder} is from another run ({saved['fingerprint']}): ignored")
+        if saved.fingerprint != self.fingerprint:
+            log(f"checkpoint {self.folder} is from another run ({saved.fingerprint}): ignored")
             return 0
-        step = int(saved["step"])
+        step = saved.step
         for m in mine:
             state = torch.load(self._file(m, step), map_location=m.draft.device, weights_only=False)
             m.draft.load_state_dict(state["draft"])

@@ -3,7 +3,8 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from specbench.config import ConfigError, load_config, loss_slug
+from specbench.artifacts import EXTERNAL_SLUG, draft_dir, loss_slug, losses_by_slug
+from specbench.config import ConfigError, load_config
 from specbench.data.splits import SPLITS, eval_split
 from specbench.formats import FORMATS, supported
 from specbench.features.vocab import VOCABS
@@ -38,10 +39,11 @@ onstart:
         refusals = check(config, log=logger.info)
         if refusals:
             raise WorkflowError("\n".join(refusals))
-LOSS_BY_SLUG = {loss_slug(spec): spec for spec in CFG.losses}
+
+
 # drafts trained elsewhere (workflow/rules/formats.smk): loss external:<name>, folder external-<name>
 EXTERNAL = {e.name: e for e in CFG.external_drafts}
-LOSS_BY_SLUG.update({e.slug: e.loss for e in CFG.external_drafts})
+LOSS_BY_SLUG = losses_by_slug([*CFG.losses, *(e.loss for e in CFG.external_drafts)])
 EVAL_SPLITS = [eval_split(t) for t in CFG.temperatures]
 SCRIPT = "../scripts/run_rule.py"  # every rule: run_rule(snakemake) -> specbench.jobs.<stage>
 ENV = "../envs/specbench.yaml"
@@ -102,12 +104,12 @@ def matrix_dirs(stage):
     """``{R}/{stage}/target/arch/loss/seedN`` for every trained draft of the matrix, then
     ``{R}/{stage}/target/arch/external-<name>/seed0`` for every external draft."""
     return [
-        f"{R}/{stage}/{t}/{arch}/{loss_slug(loss)}/seed{seed}"
+        draft_dir(R, stage, t, arch, loss, seed)
         for t in CFG.targets
         for arch in CFG.archs_for(t)
         for loss in CFG.losses
         for seed in CFG.seeds
-    ] + [f"{R}/{stage}/{e.target}/{e.arch}/{e.slug}/seed0" for e in CFG.external_drafts]
+    ] + [draft_dir(R, stage, e.target, e.arch, e.loss, 0) for e in CFG.external_drafts]
 
 
 def export_dirs():
@@ -170,7 +172,7 @@ def curve_dirs():
     target = next(iter(CFG.targets))
     budget = CFG.train.steps_for(CURVE.arch, 0)  # the arch's train.steps
     points = {(s, 1.0) for s in CURVE.steps} | {(budget, f) for f in CURVE.data_fractions}
-    base = f"{R}/curve/{target}/{CURVE.arch}/{loss_slug(CURVE.loss)}/seed{CURVE.seed}"
+    base = draft_dir(R, "curve", target, CURVE.arch, CURVE.loss, CURVE.seed)
     return [f"{base}/steps{s}_data{f:g}" for s, f in sorted(points)]
 
 

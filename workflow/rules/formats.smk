@@ -19,7 +19,7 @@ wildcard_constraints:
 rule external_vocab:
     """An external draft's own draft vocabulary (external_drafts: vocab: own)."""
     output:
-        vocab=f"{R}/data/vocab/{{target}}/external-{{name}}.json",
+        vocab=f"{R}/data/vocab/{{target}}/{EXTERNAL_SLUG}{{name}}.json",
     log:
         f"{R}/logs/external_vocab/{{target}}/{{name}}.log",
     params:
@@ -37,7 +37,7 @@ rule import_draft:
         vocab=lambda wc: f"{R}/data/vocab/{wc.target}/{EXTERNAL[wc.name].vocab_name}.json",
         target=target_source,
     output:
-        model=f"{R}/drafts/{{target}}/{{arch}}/external-{{name}}/seed0/model.safetensors",
+        model=f"{R}/drafts/{{target}}/{{arch}}/{EXTERNAL_SLUG}{{name}}/seed0/model.safetensors",
     log:
         f"{R}/logs/import_draft/{{target}}/{{arch}}/{{name}}.log",
     params:
