@@ -147,6 +147,20 @@ def test_snakemake_submits_through_the_plugin(cluster, tmp_path):
     assert (tmp_path / "b.txt").read_text().strip().isdigit()  # ran inside a SLURM job
 
 
+# Snakemake with the plugin's status checks every 5 s. The plugin adds 10 s to the interval
+# after every check that sees no job finish, up to 180 s (a courtesy to a shared slurmctld):
+# on a one-node test cluster that only adds up to minutes of idle lag along the smoke
+# matrix's chain of dependent jobs. Nothing else about the plugin changes.
+STEADY_POLLING = (
+    "import sys, snakemake_executor_plugin_slurm as slurm\n"
+    "slurm.Executor.next_seconds_between_status_checks = property("
+    "lambda self: 5, lambda self, value: None)\n"
+    "from snakemake.cli import main\n"
+    "sys.argv[0] = 'snakemake'\n"
+    "main()\n"
+)
+
+
 def test_smoke_matrix_through_slurm_equals_local(cluster, smoke_local, tmp_path_factory):
     local, t_local = smoke_local.path, smoke_local.seconds  # the session's local run (read only)
     via_slurm = copy_repo(tmp_path_factory.mktemp("via_slurm"))
@@ -156,7 +170,7 @@ def test_smoke_matrix_through_slurm_equals_local(cluster, smoke_local, tmp_path_
         partition=cluster.partition,
         mem_mb=4000,
     )
-    snakemake = [sys.executable, "-m", "snakemake"]
+    snakemake = [sys.executable, "-c", STEADY_POLLING]
     cmd = [*snakemake, "--executor", "slurm", "--workflow-profile", PROFILE, "--configfile", SMOKE]
     rc, t_slurm = run_logged(cmd, via_slurm, 3000, via_slurm / "snakemake.log")
     print(f"\nsmoke matrix wall time: local --cores 2 {t_local:.0f}s, SLURM {t_slurm:.0f}s")
