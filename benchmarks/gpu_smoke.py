@@ -151,7 +151,8 @@ def paper_group_steps(work: Path) -> None:
     from specbench.plan.__main__ import plan
 
     print("the planner's prediction for the same job (python -m specbench.plan):")
-    plan(raw, torch.cuda.get_device_properties(0).total_memory / 2**30)
+    row = {**raw, "targets": {PAPER_TARGET: raw["targets"][PAPER_TARGET]}}
+    plan({**row, "draft_archs": [PAPER_ARCH]}, torch.cuda.mem_get_info()[1] / 2**30)
 
 
 def main() -> None:
