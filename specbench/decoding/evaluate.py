@@ -66,14 +66,18 @@ def expected_tau_by_prompt(
     cache: FeatureCache,
     k: int,
     temperature: float,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> dict[int, ExpectedSums]:
     """Teacher-forced expected τ summed per prompt over every response start position.
 
-    Runs on the draft's device. ``shard=(rank, world)``: only every ``world``-th batch.
+    Runs on the draft's device, ``batch_size`` sequences at a time (default:
+    :func:`expected_batch_size`). ``shard=(rank, world)``: only every ``world``-th batch.
     """
     device = draft.device
+    if batch_size is None:
+        longest = max(b - a for a, b in zip(cache.offsets, cache.offsets[1:], strict=False))
+        batch_size = expected_batch_size(longest, k, draft.info.draft_vocab_size, device)
     t2d = target_to_draft_map(cache.draft_to_target, draft.info.vocab_size).to(device)
     stats: dict[int, ExpectedSums] = {}
     rank, world = shard
@@ -94,6 +98,23 @@ def expected_tau_by_prompt(
             s.tau_expected_sum += float(tau[sl][valid].sum())
             s.in_vocab += int((st.labels[sl, 0][valid] != -100).sum())
     return stats
+
+
+# CUDA memory the float32 [N, K, V] tensors of one expected-τ batch may take together: the
+# draft's logits, the target's log-probs, and acceptance_probs' temporaries (p, q, min(p, q))
+EXPECTED_BUDGET = 16 * 2**30
+EXPECTED_TENSORS = 5
+
+
+def expected_batch_size(length: int, k: int, vocab: int, device: torch.device) -> int:
+    """Sequences per expected-τ batch: 8 on a CPU (where memory has never bound); on a GPU as
+    many as fit :data:`EXPECTED_BUDGET` (at most 8): MEDUSA over Llama-3.1-8B's full 128k
+    vocabulary at K = 6 and ~1,000 tokens holds 3.2 GB per sequence per tensor, so 8 at once
+    would take ~125 GB."""
+    if torch.device(device).type != "cuda":
+        return 8
+    per_sequence = EXPECTED_TENSORS * 4 * length * k * vocab
+    return max(1, min(8, EXPECTED_BUDGET // per_sequence))
 
 
 def _add_live(s: LiveSums, res: DecodeResult) -> None:
