@@ -65,6 +65,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--draft-sample-method", default=None, help="greedy | probabilistic")
     p.add_argument("--samples", type=int, default=1, help="samples per prompt (T > 0)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--fix-cpu-expand", action="store_true", help="our stand-in for vLLM's broken CPU kernel"
+    )
     p.add_argument("--per-prompt", default=None, help="the draft's evaluate_draft per_prompt.csv")
     p.add_argument("--out", default=None, help="write the per-prompt served counters here")
     p.add_argument("--log", default=None, help="vLLM's output goes here")
@@ -73,7 +76,7 @@ def main(argv: list[str]) -> None:
         args.draft_dir,
         args.arch,
         args.target,
-        args.cache,
+        {"cli": args.cache},
         args.k,
         args.new_tokens,
         args.temperature,
@@ -81,6 +84,7 @@ def main(argv: list[str]) -> None:
         draft_sample_method=args.draft_sample_method,
         samples=args.samples,
         log=Path(args.log) if args.log else None,
+        fix_cpu_expand=args.fix_cpu_expand,
     )
     if args.out:
         df.to_csv(args.out, index=False)

@@ -28,6 +28,17 @@ SERVED = {
 }
 
 
+# vLLM 0.32 builds MEDUSA's heads at the full vocabulary and then slices the checkpoint's to
+# the truncated one, so a truncated MEDUSA fails to load (docs/vllm-t1.md); the MLP
+# speculator's format has no vocabulary map at all
+FULL_VOCAB_ONLY = {"medusa", "mlp_speculator"}
+
+
+def servable(arch: str, vocab: str) -> bool:
+    """Whether vLLM 0.32 serves a draft of ``arch`` over the ``vocab`` draft vocabulary."""
+    return arch in SERVED and (vocab == "full" or arch not in FULL_VOCAB_ONLY)
+
+
 def serve_python() -> Path | None:
     """The serving venv's Python, or None where it is not installed."""
     venv = Path(os.environ.get(VENV_VARIABLE) or REPO / ".venv-serve")

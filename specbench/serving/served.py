@@ -83,7 +83,7 @@ def serve_draft(
     draft_dir: str | Path,
     arch: str,
     target: str,
-    cache_path: str | Path,
+    caches: dict[str, str | Path],
     k: int,
     new_tokens: int,
     temperatures: list[float],
@@ -91,15 +91,23 @@ def serve_draft(
     draft_sample_method: str | None = None,
     samples: int = 1,
     log: Path | None = None,
+    ignore_eos: bool = False,
+    fix_cpu_expand: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
-    """Serve one draft on one eval cache's prompts at every temperature: per-prompt rows
-    (``cached`` continuation checks at T=0) and vLLM's answer (engine counters, timings)."""
-    cache = FeatureCache(cache_path)
-    indices, prompts, cached = cache_prompts(cache)
+    """Serve one draft on the prompts of every domain's eval cache (``caches``: domain → path;
+    one engine for all) at every temperature: per-prompt rows (``domain`` column; cached
+    continuation checks at T=0) and vLLM's answer (engine counters, timings)."""
+    domains, indices, prompts, cached, vocab = [], [], [], [], None
+    for domain, path in caches.items():
+        cache = FeatureCache(path)
+        found = cache_prompts(cache)
+        domains += [domain] * len(found[0])
+        indices, prompts, cached = indices + found[0], prompts + found[1], cached + found[2]
+        vocab = cache.draft_to_target if vocab is None else vocab
+        if not torch.equal(vocab, cache.draft_to_target):
+            raise ValueError(f"{path}: another draft vocabulary than the other domains' caches")
     with tempfile.TemporaryDirectory(prefix="specbench-export-") as tmp:
-        exported = export_for_vllm(
-            Path(draft_dir), arch, target, cache.draft_to_target, Path(tmp) / "d", k
-        )
+        exported = export_for_vllm(Path(draft_dir), arch, target, vocab, Path(tmp) / "d", k)
         request = {
             "target": str(Path(target).resolve()),
             "draft": str(exported),
@@ -111,13 +119,16 @@ def serve_draft(
             "temperatures": list(temperatures),
             "seed": seed,
             "samples": samples,
+            "ignore_eos": ignore_eos,
+            "fix_cpu_expand": fix_cpu_expand,
         }
         answer = run_vllm(request, log=log)
     table = []
     for run in answer["runs"]:
         t = run["temperature"]
         found = served_prompts(run, indices, k)
-        table += rows(found, t, cached if t == 0 else None)
+        part = rows(found, t, cached if t == 0 else None)
+        table += [{"domain": d, **row} for d, row in zip(domains, part, strict=True)]
     return pd.DataFrame(table), answer
 
 

@@ -60,6 +60,34 @@ def counter_delta(after: dict[str, Any], before: dict[str, Any]) -> dict[str, An
     return out
 
 
+def has_tokenizer(folder: str) -> bool:
+    names = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+    return any(os.path.exists(os.path.join(folder, n)) for n in names)
+
+
+def expand_per_request(output, values, cu_num_tokens, replace_from, replace_to, **_unused) -> None:
+    """``output[t]`` = the value of token ``t``'s request (``replace_from`` → ``replace_to``).
+
+    Our stand-in for vLLM 0.32's CPU ``expand`` kernel, which converts ``output`` to int64
+    and writes into that copy, so a float ``output`` (the per-token temperature of the
+    rejection sampler) is never written: at T > 0 the target's draft-position logits are
+    divided by uninitialised memory (docs/vllm-t1.md). Only with ``fix_cpu_expand``.
+    """
+    import torch
+
+    counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1).long())
+    fixed = torch.where(values == replace_from, torch.full_like(values, replace_to), values)
+    output.copy_(fixed.repeat_interleave(counts)[: output.numel()].to(output.dtype))
+
+
+def fix_cpu_expand() -> None:
+    """Install :func:`expand_per_request` where vLLM's CPU platform takes its kernel from
+    (it registers the kernels when the engine starts, in this process: multiprocessing off)."""
+    from vllm.utils import cpu_triton_utils
+
+    cpu_triton_utils._expand_kernel_impl = expand_per_request
+
+
 def completion_record(completion: Any) -> dict[str, Any]:
     """One generated sequence: its tokens and vLLM's per-request spec-decode counters."""
     stats = completion.spec_decode_metrics
@@ -78,6 +106,8 @@ def serve(req: dict[str, Any]) -> dict[str, Any]:
     from vllm import LLM, SamplingParams
 
     t0 = time.perf_counter()
+    if req.get("fix_cpu_expand"):
+        fix_cpu_expand()
     longest = max(len(p) for p in req["prompts"]) + req["max_new_tokens"] + req["k"] + 8
     llm = LLM(
         model=req["target"],
@@ -89,6 +119,8 @@ def serve(req: dict[str, Any]) -> dict[str, Any]:
         disable_log_stats=False,
         generation_config="vllm",  # no sampling defaults from the target's files
         enforce_eager=True,
+        # token ids in and out: a target folder without tokenizer files (tests' tiny ones)
+        skip_tokenizer_init=not has_tokenizer(req["target"]),
     )
     load_seconds = time.perf_counter() - t0
     prompts = [{"prompt_token_ids": list(p)} for p in req["prompts"]]
@@ -100,7 +132,9 @@ def serve(req: dict[str, Any]) -> dict[str, Any]:
                 top_p=1.0,
                 max_tokens=req["max_new_tokens"],
                 seed=req["seed"] * 1_000_003 + i,  # one stream per prompt
-                n=req.get("samples", 1),
+                n=req.get("samples", 1) if temperature > 0 else 1,  # T=0: one is all
+                detokenize=False,
+                ignore_eos=bool(req.get("ignore_eos", False)),
             )
             for i in range(len(prompts))
         ]
