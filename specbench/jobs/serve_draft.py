@@ -5,7 +5,8 @@ in vLLM's speculative decoding (the serving venv, ``make serve-env``) on every d
 eval prompts at every temperature with the eval K and ``live_new_tokens``, and vLLM's own
 per-request counters are written per prompt to ``served.csv``; ``aggregate`` turns them
 into ``tau_served`` / ``tau_served_se`` in ``tau.csv``. T > 0 uses
-``eval.served_draft_sampling`` (``docs/vllm-t1.md`` says why it matters).
+``eval.served_draft_sampling``, with our stand-in for vLLM 0.32's CPU kernel that breaks
+T > 0 (``docs/vllm-t1.md``; a no-op on other platforms, which never register it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def run(job: Job) -> None:
         seed=int(wc["seed"]),
         draft_sample_method=cfg.eval.served_draft_sampling,
         log=Path(job.log).with_suffix(".vllm.log") if job.log else None,
+        fix_cpu_expand=True,  # vLLM 0.32's CPU expand kernel breaks T > 0 (docs/vllm-t1.md)
     )
     cell = {"target": wc["target"], "draft_arch": wc["arch"], "loss": job.params["loss"]}
     df = df.assign(**cell, seed=int(wc["seed"]))
@@ -54,6 +56,7 @@ def run(job: Job) -> None:
     summary = {
         "vllm_version": answer["vllm_version"],
         "draft_sample_method": cfg.eval.served_draft_sampling,
+        "fix_cpu_expand": True,
         "load_seconds": answer["load_seconds"],
         "runs": [{k: r[k] for k in keys} for r in answer["runs"]],
     }
