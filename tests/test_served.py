@@ -38,13 +38,14 @@ from specbench.training.trainer import train_draft
 
 pytestmark = [
     pytest.mark.served,
+    pytest.mark.usefixtures("one_thread"),  # conftest: tiny models, one thread
     pytest.mark.skipif(
         serve_python() is None, reason="no serving venv (.venv-serve): `make serve-env`"
     ),
 ]
 
 V, D, LAYERS = 128, 64, 8  # vocabulary, hidden (2 heads of 32), decoder layers
-N_TRAIN, N_EVAL, NEW, K = 48, 8, 24, 3
+N_TRAIN, N_EVAL, NEW, K = 48, 16, 24, 3
 SAMPLES = 8  # T=1 samples per eval prompt
 
 

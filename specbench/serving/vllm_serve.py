@@ -65,7 +65,7 @@ def has_tokenizer(folder: str) -> bool:
     return any(os.path.exists(os.path.join(folder, n)) for n in names)
 
 
-def expand_per_request(output, values, cu_num_tokens, replace_from, replace_to, **_unused) -> None:
+def expand_per_request(output, values, cu_num_tokens, replace_from, replace_to, *_, **__) -> None:
     """``output[t]`` = the value of token ``t``'s request (``replace_from`` → ``replace_to``).
 
     Our stand-in for vLLM 0.32's CPU ``expand`` kernel, which converts ``output`` to int64
