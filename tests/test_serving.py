@@ -1,0 +1,73 @@
+"""Served τ bookkeeping without vLLM: counters per position, continuations, tau.csv columns."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from specbench.aggregation.served import served_cells, with_served
+from specbench.serving import client
+from specbench.serving.client import position_counts, servable, served_prompts
+from specbench.serving.served import first_difference
+
+
+def test_position_counts_follow_each_step():
+    # steps: 2 of 3 accepted, none of 3, all 3, 1 of a trimmed 1-token draft
+    reached, acc = position_counts([2, 0, 3, 1], [3, 3, 3, 1], k=3)
+    assert reached == [4, 2, 2] and acc == [3, 2, 1]
+
+
+def test_served_prompts_sum_samples_and_count_steps_with_drafts():
+    run = {
+        "prompts": [
+            [
+                {"tokens": [5, 6], "step_accepted": [1, 0], "step_drafted": [2, 2]},
+                {"tokens": [7], "step_accepted": [2, 0], "step_drafted": [2, 0]},
+            ]
+        ]
+    }
+    (s,) = served_prompts(run, [11], k=2)
+    assert (s.prompt_index, s.drafts, s.accepted, s.drafted) == (11, 3, 3, 6)
+    assert s.tau == pytest.approx(2.0) and s.tokens == [[5, 6], [7]]
+
+
+def test_first_difference():
+    assert first_difference([1, 2, 3], [1, 2, 3, 9, 9]) == -1  # cached runs on past EOS
+    assert first_difference([1, 2, 4], [1, 2, 3]) == 2
+    assert first_difference([1, 2, 3, 4], [1, 2, 3]) == 3
+
+
+def test_served_cells_join_tau_by_cell(tmp_path):
+    rows = pd.DataFrame(
+        {
+            "domain": ["code"] * 4,
+            "temperature": [0, 0, 1, 1],
+            "prompt_index": [0, 1, 0, 1],
+            "served_drafts": [10, 10, 8, 12],
+            "served_accepted": [5, 3, 2, 2],
+            "continuation_identical": [True, False, None, None],
+            "target": "t",
+            "draft_arch": "eagle3",
+            "loss": "kl",
+            "seed": 0,
+        }
+    )
+    rows.to_csv(tmp_path / "served.csv", index=False)
+    cells = served_cells([tmp_path / "served.csv"])
+    tau = pd.DataFrame(
+        {"target": "t", "draft_arch": ["eagle3", "eagle3", "medusa"], "loss": "kl"}
+        | {"domain": "code", "temperature": [0, 1, 0], "seed": 0, "tau_live": [1.3, 1.1, 1.2]}
+    )
+    out = with_served(tau, cells)
+    assert out["tau_served"].iloc[:2].tolist() == pytest.approx([1.4, 1.2])
+    assert out["served_identical"].iloc[0] == 1 and pd.isna(out["tau_served"].iloc[2])
+    assert with_served(tau, served_cells([])) is tau
+
+
+def test_servable_and_a_missing_venv(monkeypatch, tmp_path):
+    assert servable("eagle3", "truncated") and servable("medusa", "full")
+    assert not servable("medusa", "truncated") and not servable("mtp", "full")
+    monkeypatch.setenv(client.VENV_VARIABLE, str(tmp_path / "nowhere"))
+    assert client.serve_python() is None
+    with pytest.raises(FileNotFoundError, match="make serve-env"):
+        client.run_vllm({})
