@@ -18,3 +18,4 @@ rule all:
     input:
         rules.aggregate.output,
         rules.plots.output,
+        [f"{R}/plots/served.png"] if served_dirs() else [],

@@ -71,3 +71,22 @@ def test_servable_and_a_missing_venv(monkeypatch, tmp_path):
     assert client.serve_python() is None
     with pytest.raises(FileNotFoundError, match="make serve-env"):
         client.run_vllm({})
+
+
+def test_served_plot_writes_a_png(tmp_path):
+    from specbench.aggregation.served_plot import plot_served
+
+    tau = pd.DataFrame(
+        {
+            "draft_arch": ["eagle3", "eagle3", "medusa"],
+            "temperature": [0, 1, 0],
+            "tau_live": [1.26, 1.1, 1.3],
+            "tau_live_se": [0.02, 0.05, 0.02],
+            "tau_unbiased": [None, 1.18, None],
+            "tau_unbiased_se": [None, 0.015, None],
+            "tau_served": [1.26, 1.2, None],
+            "tau_served_se": [0.02, 0.017, None],
+        }
+    )
+    plot_served(tau, str(tmp_path / "served.png"))
+    assert (tmp_path / "served.png").read_bytes()[:4] == b"\x89PNG"

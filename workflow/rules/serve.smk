@@ -27,3 +27,17 @@ rule serve_draft:
         ENV
     script:
         SCRIPT
+
+
+rule served_plot:
+    """Served vs estimated τ with 95% CIs and the diagonal (one point per draft and T)."""
+    input:
+        tau=f"{R}/tables/tau.csv",
+    output:
+        plot=f"{R}/plots/served.png",
+    log:
+        f"{R}/logs/served_plot.log",
+    conda:
+        ENV
+    script:
+        SCRIPT
