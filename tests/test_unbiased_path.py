@@ -144,3 +144,21 @@ def test_sampled_path_matches_enumeration_over_every_chain(world):
         )
         assert se > 0 and abs(mean - want) < 4 * se
         assert se < 0.02 * want  # precise enough to mean something
+
+
+class TemperedSession(TableSession):
+    """A draft that samples at temperature 0.5 but returns its T=1 logits."""
+
+    def propose(self, k: int, sample_fn) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().propose(k, lambda z: sample_fn(2.0 * z))
+
+
+class TemperedDraft(TableDraft):
+    def start_session(self) -> TableSession:
+        return TemperedSession(self)
+
+
+def test_a_draft_that_samples_from_other_logits_is_refused(world):
+    runner, cache, _, _ = world
+    with pytest.raises(ValueError, match="other logits than it sampled"):
+        unbiased_tau_by_prompt_stats(TemperedDraft(), cache, runner, K, 0, None)

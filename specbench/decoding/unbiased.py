@@ -113,6 +113,23 @@ def _crn_sampler(stream: int) -> SampleFn:
     return sample_fn
 
 
+def _propose_checked(session, k: int, sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """``session.propose``, asserting the draft sampled from exactly the logits it returns:
+    τ̂ uses those as ``q``, so a draft that sampled from others (a top-k, a temperature)
+    would bias the estimate silently."""
+    seen: list[torch.Tensor] = []
+
+    def recording(z: torch.Tensor) -> int:
+        seen.append(z.detach())
+        return sample(z)
+
+    d, logits = session.propose(k, recording)
+    given = logits.detach().float().reshape(k, -1)
+    if len(seen) != k or not torch.equal(torch.stack(seen).float().to(given.device), given):
+        raise ValueError("the draft returned other logits than it sampled its tokens from")
+    return d, logits
+
+
 def _argmax(z: torch.Tensor) -> int:
     """The greedy draft step (vLLM's default ``draft_sample_method``)."""
     return int(z.argmax())
@@ -235,7 +252,7 @@ def sequence_unbiased_tau(
             session.extend(feats[done : s + 1], nxt[done + 1 : s + 2])  # positions done..s
             done = s + 1
             sample = _argmax if greedy_draft else _crn_sampler(splitmix64(base, s))
-            d, logits = session.propose(k, sample)
+            d, logits = _propose_checked(session, k, sample)
             d_ids.append(d.to(tdev).long().view(k))
             z.append(logits.to(tdev).float().view(k, -1))
         d_ids, q = torch.stack(d_ids), torch.softmax(torch.stack(z), dim=-1)  # [B, K], [B,K,Vd]
