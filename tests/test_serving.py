@@ -90,3 +90,27 @@ def test_served_plot_writes_a_png(tmp_path):
     )
     plot_served(tau, str(tmp_path / "served.png"))
     assert (tmp_path / "served.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_full_vocabulary_eagle3_exports_no_vocabulary_maps(tmp_path):
+    """vLLM 0.32 has no ``draft_id_to_target_id`` for a full-vocabulary EAGLE-3 and refuses a
+    checkpoint that holds one; the export leaves ``d2t``/``t2d`` out and still reads back."""
+    import torch
+    from safetensors.torch import load_file
+    from tiny import tiny_llama
+
+    from specbench.drafts import build_draft
+    from specbench.formats import export_draft, load_external
+    from specbench.targets.info import target_info_from_model
+
+    model = tiny_llama(vocab_size=40, hidden_size=32, layers=8)
+    model.save_pretrained(tmp_path / "target")
+    info = target_info_from_model(model)
+    torch.manual_seed(0)
+    draft = build_draft("eagle3", info).eval()
+    out = export_draft(draft, info, tmp_path / "e3", "speculators", str(tmp_path / "target"), 3)
+    names = set(load_file(str(out / "model.safetensors")))
+    assert "d2t" not in names and "t2d" not in names and "lm_head.weight" in names
+    back = load_external("speculators", out, info)
+    for name, value in draft.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
