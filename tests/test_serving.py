@@ -67,6 +67,7 @@ def test_served_cells_join_tau_by_cell(tmp_path):
 def test_servable_and_a_missing_venv(monkeypatch, tmp_path):
     assert servable("eagle3", "truncated") and servable("medusa", "full")
     assert not servable("medusa", "truncated") and not servable("mtp", "full")
+    assert not servable("mlp_speculator", "full")  # vLLM 0.32 registers no model class
     monkeypatch.setenv(client.VENV_VARIABLE, str(tmp_path / "nowhere"))
     assert client.serve_python() is None
     with pytest.raises(FileNotFoundError, match="make serve-env"):

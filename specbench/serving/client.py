@@ -20,18 +20,18 @@ from typing import Any
 SCRIPT = Path(__file__).with_name("vllm_serve.py")
 REPO = Path(__file__).resolve().parents[2]
 VENV_VARIABLE = "SPECBENCH_SERVE_VENV"
-# architecture -> (vLLM speculative method, the export format vLLM loads)
+# architecture -> (vLLM speculative method, the export format vLLM loads). vLLM 0.32 still
+# reads an MLP speculator's config but registers no model class for it ("architectures ...
+# are not supported"), so our vLLM-format MLP speculator is exported, not served.
 SERVED = {
     "eagle3": ("eagle3", "speculators"),
     "medusa": ("medusa", "vllm"),
-    "mlp_speculator": ("mlp_speculator", "vllm"),
 }
 
 
 # vLLM 0.32 builds MEDUSA's heads at the full vocabulary and then slices the checkpoint's to
-# the truncated one, so a truncated MEDUSA fails to load (docs/vllm-t1.md); the MLP
-# speculator's format has no vocabulary map at all
-FULL_VOCAB_ONLY = {"medusa", "mlp_speculator"}
+# the truncated one, so a truncated MEDUSA fails to load (docs/vllm-t1.md)
+FULL_VOCAB_ONLY = {"medusa"}
 
 
 def servable(arch: str, vocab: str) -> bool:
