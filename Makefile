@@ -39,7 +39,7 @@ paper: $(STAMP)
 dry: $(STAMP)
 	$(VENV)/bin/snakemake -n --configfile $(CONFIG)
 
-# the serving venv too, so the `served` tests run (+175 s install, 3.5 GB; the tests 114 s)
+# the serving venv too, so the `served` tests run (+175 s install, 3.5 GB; the tests 114-166 s)
 test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m pytest -q -ra
 
