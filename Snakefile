@@ -6,6 +6,7 @@ include: "workflow/rules/target.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/serve.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/paper.smk"
 include: "workflow/rules/curve.smk"
@@ -17,3 +18,4 @@ rule all:
     input:
         rules.aggregate.output,
         rules.plots.output,
+        [f"{R}/plots/served.png"] if served_dirs() else [],

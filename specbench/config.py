@@ -90,6 +90,11 @@ class EvalConfig(Strict):
     # values per token in the target's dtype, 4 bytes each in fp32: ~46 KB/token for
     # SmolLM2-135M (30·2·3·64·4). For small targets, not the paper config.
     prefix_kv: bool = False
+    # served τ (issue 20, stage serve_draft): every draft vLLM serves, exported and served in
+    # vLLM's speculative decoding (the serving venv, `make serve-env`) on the eval prompts;
+    # at T > 0 its drafts sample with vLLM's `draft_sample_method` (docs/vllm-t1.md)
+    served: bool = False
+    served_draft_sampling: Literal["greedy", "probabilistic"] = "probabilistic"
 
     def k_for(self, arch: str) -> int:
         return int(per_arch(self.k, arch))

@@ -22,6 +22,7 @@ LAYERS = [
     {"drafts"},  # draft architectures and their alignment with target quantities
     {"training", "decoding", "formats"},  # trainer; decoding, τ estimators; checkpoint formats
     {"aggregation"},  # tables, statistics, plots, paper figures
+    {"serving"},  # exported drafts served by vLLM (its own venv, run in a subprocess)
     {"config"},  # the experiment matrix, which names everything below
     {"plan"},  # GPU memory per job, traced from the code below at real shapes
     {"jobs"},  # the pipeline's stages

@@ -37,6 +37,12 @@ SplitMix stream per ``(seed, prompt_index, s)`` (as :mod:`.speculative` does per
 position), so every draft evaluated with the same seed sees the same uniforms at the same
 place: paired.
 
+``greedy_draft=True`` scores the rule vLLM's speculative decoding applies by default
+(``draft_sample_method="greedy"``): the draft proposes its argmax chain and the verifier
+treats ``q`` as one-hot there, so ``r_j = α_j = p_j(d_j)``. Still lossless for the output,
+but its τ is ``1 + Σ_k Π_{j≤k} p_j(d_j)``, not the exact speculative sampling's; with it the
+same estimator is exact (no draw to average over) for that rule.
+
 A mean over all anchors weighs every response position once, live τ weighs the positions
 where rounds happen to start; the two agree on the tiny targets of ``tests/test_unbiased.py``
 (which also checks τ̂ at the live rounds' own starts, where it is exact in expectation).
@@ -105,6 +111,28 @@ def _crn_sampler(stream: int) -> SampleFn:
         return int(torch.searchsorted(cdf, cdf[-1:] * u, right=True).clamp_max(cdf.numel() - 1))
 
     return sample_fn
+
+
+def _propose_checked(session, k: int, sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """``session.propose``, asserting the draft sampled from exactly the logits it returns:
+    τ̂ uses those as ``q``, so a draft that sampled from others (a top-k, a temperature)
+    would bias the estimate silently."""
+    seen: list[torch.Tensor] = []
+
+    def recording(z: torch.Tensor) -> int:
+        seen.append(z.detach())
+        return sample(z)
+
+    d, logits = session.propose(k, recording)
+    given = logits.detach().float().reshape(k, -1)
+    if len(seen) != k or not torch.equal(torch.stack(seen).float().to(given.device), given):
+        raise ValueError("the draft returned other logits than it sampled its tokens from")
+    return d, logits
+
+
+def _argmax(z: torch.Tensor) -> int:
+    """The greedy draft step (vLLM's default ``draft_sample_method``)."""
+    return int(z.argmax())
 
 
 @torch.no_grad()
@@ -194,10 +222,13 @@ def sequence_unbiased_tau(
     max_anchors: int | None = None,
     batch_size: int = 64,
     anchors: torch.Tensor | None = None,
+    greedy_draft: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(anchors [A], τ̂ [A] float64, target tokens) of one cached sequence (see module doc).
 
     ``anchors``: increasing positions to evaluate instead of :func:`response_anchors`.
+    ``greedy_draft``: the draft proposes its argmax and ``q`` is one-hot there (vLLM's
+    default draft sampling).
     """
     ids, mask = seq["input_ids"].long(), seq["loss_mask"].bool()
     if anchors is None:
@@ -220,10 +251,13 @@ def sequence_unbiased_tau(
         for s in chunk.tolist():
             session.extend(feats[done : s + 1], nxt[done + 1 : s + 2])  # positions done..s
             done = s + 1
-            d, logits = session.propose(k, _crn_sampler(splitmix64(base, s)))
+            sample = _argmax if greedy_draft else _crn_sampler(splitmix64(base, s))
+            d, logits = _propose_checked(session, k, sample)
             d_ids.append(d.to(tdev).long().view(k))
             z.append(logits.to(tdev).float().view(k, -1))
         d_ids, q = torch.stack(d_ids), torch.softmax(torch.stack(z), dim=-1)  # [B, K], [B,K,Vd]
+        if greedy_draft:
+            q = torch.nn.functional.one_hot(d_ids, q.shape[-1]).to(q.dtype)
         logp1 = seq["logprobs"][chunk + 1].to(tdev).float()[:, None]  # p_1: cached at s + 1
         branches = d2t.to(tdev)[d_ids[:, :-1]]  # [B, K-1] target ids d_1..d_{K-1}
         if cache is not None:
@@ -249,6 +283,7 @@ def unbiased_tau_by_prompt(
     max_anchors_per_prompt: int | None = None,
     batch_size: int = 64,
     shard: tuple[int, int] = (0, 1),
+    greedy_draft: bool = False,
 ) -> dict[int, UnbiasedStats]:
     """Branch-verified unbiased T=1 τ summed per prompt over the response anchors.
 
@@ -256,7 +291,8 @@ def unbiased_tau_by_prompt(
     sub-samples anchors deterministically from ``(seed, prompt_index)`` — the same subset for
     every draft, so comparisons stay paired. ``batch_size``: anchors per branch forward.
     ``shard=(rank, world)``: every ``world``-th sequence; each has its own random streams, so
-    the union over ranks equals one process's result.
+    the union over ranks equals one process's result. ``greedy_draft``: vLLM's default
+    draft sampling (:func:`sequence_unbiased_tau`).
     """
     if hasattr(draft, "check_k"):
         draft.check_k(k)
@@ -267,7 +303,15 @@ def unbiased_tau_by_prompt(
         t0 = time.perf_counter()
         seq = cache.sequence(i)
         _, tau, tokens = sequence_unbiased_tau(
-            draft, seq, cache.draft_to_target, runner, k, seed, max_anchors_per_prompt, batch_size
+            draft,
+            seq,
+            cache.draft_to_target,
+            runner,
+            k,
+            seed,
+            max_anchors_per_prompt,
+            batch_size,
+            greedy_draft=greedy_draft,
         )
         pid = int(seq["prompt_index"])
         st = out.setdefault(pid, UnbiasedStats(pid))

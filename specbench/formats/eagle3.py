@@ -3,7 +3,8 @@
 Both formats hold the same tensors under two prefixes for the one decoder layer:
 ``layers.0.`` (speculators ``Eagle3DraftModel``; vLLM reads it) and ``midlayer.``
 (SpecForge ``LlamaForCausalLMEagle3``, which is what SGLang's EAGLE-3 loader reads; vLLM
-renames it too). ``d2t`` holds offsets (target id = draft id + d2t), ``t2d`` a boolean mask.
+renames it too). ``d2t`` holds offsets (target id = draft id + d2t), ``t2d`` a boolean mask;
+a full-vocabulary draft has neither (vLLM 0.32 has no parameter for them then, and fails).
 The table of every name and every difference is in :mod:`specbench.formats`.
 """
 
@@ -20,6 +21,7 @@ from specbench.drafts.layers import Rope, draft_rope
 from specbench.formats.common import (
     FormatError,
     hf_config,
+    is_full_vocab,
     offsets_and_mask,
     read_checkpoint,
     reorder_rows,
@@ -98,8 +100,8 @@ def tensors_out(draft: Draft, info: TargetInfo, fmt: str) -> dict[str, torch.Ten
     state = draft.state_dict()
     out = {name: state[name] for name in TOP_NAMES}
     out.update({LAYER[fmt] + name: state[name] for name in LAYER_NAMES})
-    d2t, t2d = offsets_and_mask(info)
-    out["d2t"], out["t2d"] = d2t, t2d
+    if not is_full_vocab(info):  # vLLM refuses the maps for a full vocabulary: no parameter
+        out["d2t"], out["t2d"] = offsets_and_mask(info)
     out["embed_tokens.weight"] = info.embed_tokens.detach().to(state["fc.weight"].dtype)
     return out
 
@@ -265,7 +267,10 @@ def load_sglang(path: str | Path, info: TargetInfo) -> Draft:
 
 
 def offsets_vocab(tensors: dict[str, torch.Tensor], vocab_size: int) -> torch.Tensor:
-    """The target ids of an EAGLE-3 checkpoint's draft vocabulary (``d2t`` holds offsets)."""
+    """The target ids of an EAGLE-3 checkpoint's draft vocabulary (``d2t`` holds offsets;
+    a full-vocabulary checkpoint has none: its head's rows are the target's ids)."""
+    if "d2t" not in tensors:
+        return torch.arange(tensors["lm_head.weight"].shape[0])
     return tensors["d2t"].long() + torch.arange(tensors["d2t"].numel())
 
 
@@ -279,7 +284,8 @@ def offsets_vocab(tensors: dict[str, torch.Tensor], vocab_size: int) -> torch.Te
     vocab=offsets_vocab,
     loaded_by='`vllm serve --speculative-config \'{"method": "eagle3", "model": OUT}\'`; '
     "speculators `Eagle3DraftModel`",
-    verified="speculators 0.9.0 `Eagle3DraftModel.from_pretrained`: max \\|Δ\\| = 0 (export), 0 "
+    verified="served by vLLM 0.32 on CPU (`pytest -m served`, `eval.served`); speculators 0.9.0 "
+    "`Eagle3DraftModel.from_pretrained`: max \\|Δ\\| = 0 (export), 0 "
     "(its own checkpoint → `load_external`); with Llama-3.1's `llama3` RoPE scaling: 0 and 0",
 )
 def export_speculators(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: int) -> Path:

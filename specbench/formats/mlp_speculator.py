@@ -83,8 +83,9 @@ refuse_format(
     "mlp_speculator",
     "vllm",
     load=load_vllm,  # no vocabulary map: the whole target vocabulary
-    loaded_by="vLLM `method: mlp_speculator` (IBM fms-extras `MLPSpeculatorPreTrainedModel`); "
-    "full-vocabulary drafts only (the format has no vocabulary map)",
+    loaded_by="vLLM `method: mlp_speculator` (IBM fms-extras `MLPSpeculatorPreTrainedModel`; "
+    "vLLM 0.32 no longer registers the class); full-vocabulary drafts only (the format has no "
+    "vocabulary map)",
     verified="none on CPU (fms-extras is not on PyPI, vLLM needs vLLM): round trip through our "
     "reader only",
 )

@@ -48,6 +48,8 @@ STAGES = {
     "train_group": "train_group",
     "group_draft": "train_group",
     "evaluate_draft": "evaluate_draft",
+    "serve_draft": "serve_draft",
+    "served_plot": "served_plot",
     "aggregate": "aggregate",
     "plots": "plots",
     "paper_figures": "paper_figures",

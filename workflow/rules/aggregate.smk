@@ -3,6 +3,7 @@ rule aggregate:
     input:
         metrics=[f"{d}/metrics.json" for d in matrix_dirs("eval")],
         per_prompt=[f"{d}/per_prompt.csv" for d in matrix_dirs("eval")],
+        served=[f"{d}/served.csv" for d in served_dirs()],
     output:
         tau=f"{R}/tables/tau.csv",
         gains=f"{R}/tables/gains.csv",

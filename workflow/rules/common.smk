@@ -1,4 +1,6 @@
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
@@ -8,6 +10,7 @@ from specbench.config import ConfigError, load_config
 from specbench.data.splits import SPLITS, eval_split
 from specbench.formats import FORMATS, supported
 from specbench.features.vocab import VOCABS
+from specbench.serving.client import servable
 
 min_version("8.0")
 
@@ -112,6 +115,16 @@ def matrix_dirs(stage):
     ] + [draft_dir(R, stage, e.target, e.arch, e.loss, 0) for e in CFG.external_drafts]
 
 
+def served_dirs():
+    """``{R}/served/target/arch/loss/seedN`` of every draft vLLM serves (eval.served; else none)."""
+    if not CFG.eval.served:
+        return []
+    cells = [(d, Path(d).parts) for d in matrix_dirs("served")]  # results/served/t/arch/loss
+    return [
+        d for d, p in cells if servable(p[3], eval_vocab(SimpleNamespace(arch=p[3], loss=p[4])))
+    ]
+
+
 def export_dirs():
     """``{R}/export/target/arch/loss/seedN/<format>`` for every draft and supported format."""
     return [
@@ -127,8 +140,9 @@ def eval_vocab(wc):
 
 # settings that change where an input comes from, not what an output holds: left out of the
 # digests (eval.prefix_kv: the unbiased estimator reads the prefix KV from the T=1 cache or
-# prefills it, the same numbers; the T=1 features rule digests it itself)
-DIGEST_EXEMPT = {"eval": ("prefix_kv",)}
+# prefills it, the same numbers; the T=1 features rule digests it itself; eval.served and its
+# draft sampling: only serve_draft reads them, and digests the sampling itself)
+DIGEST_EXEMPT = {"eval": ("prefix_kv", "served", "served_draft_sampling")}
 
 
 def config_digest(*sections):

@@ -1,0 +1,137 @@
+"""Served τ of one trained draft: export it, serve it in vLLM on the eval prompts, count.
+
+The prompts are the eval caches' own (``input_ids[:prompt_len]`` of every sequence), so the
+served numbers pair prompt by prompt with the exact T=0 replay and the unbiased T=1
+estimate of ``evaluate_draft``. At T=0 each served continuation is also compared with the
+cached greedy one (``input_ids[prompt_len:]``): served τ equals the replay's exactly only
+where the two continuations are identical (SPEC §4, "Served τ").
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from specbench.aggregation.stats import ratio_of_sums_se
+from specbench.drafts import load_draft
+from specbench.features.cache import FeatureCache
+from specbench.formats import export_draft
+from specbench.serving.client import SERVED, ServedPrompt, run_vllm, served_prompts
+from specbench.targets.info import target_info_from_checkpoint
+
+
+def cache_prompts(cache: FeatureCache) -> tuple[list[int], list[list[int]], list[list[int]]]:
+    """(prompt indices, prompt token ids, cached continuation ids) of every sequence."""
+    indices, prompts, cached = [], [], []
+    for i in range(len(cache)):
+        seq = cache.sequence(i)
+        n = int(seq["prompt_len"])
+        ids = seq["input_ids"].tolist()
+        indices.append(int(seq["prompt_index"]))
+        prompts.append(ids[:n])
+        cached.append(ids[n:])
+    return indices, prompts, cached
+
+
+def first_difference(served: list[int], cached: list[int]) -> int:
+    """Index of the first token where ``served`` leaves ``cached``; -1 if it never does (the
+    cached continuation runs past the served one: it was generated through EOS)."""
+    for j, tok in enumerate(served):
+        if j >= len(cached) or cached[j] != tok:
+            return j
+    return -1
+
+
+def export_for_vllm(
+    draft_dir: Path, arch: str, target: str, vocab: torch.Tensor, out: Path, k: int
+):
+    """The trained draft in the format vLLM loads for its architecture."""
+    if arch not in SERVED:
+        raise ValueError(f"vLLM serves no {arch!r} draft here; served: {sorted(SERVED)}")
+    info = target_info_from_checkpoint(target, vocab)
+    draft = load_draft(draft_dir, info)
+    return export_draft(draft, info, out, SERVED[arch][1], target, k)
+
+
+def rows(
+    served: list[ServedPrompt], temperature: float, cached: list[list[int]] | None
+) -> list[dict]:
+    """Per-prompt rows of one temperature: counters, per-position counts, T=0 agreement."""
+    out = []
+    for i, s in enumerate(served):
+        row = {
+            "temperature": temperature,
+            "prompt_index": s.prompt_index,
+            "served_drafts": s.drafts,
+            "served_accepted": s.accepted,
+            "served_drafted": s.drafted,
+            "served_tokens": sum(len(t) for t in s.tokens),
+        }
+        for j, (r, a) in enumerate(zip(s.reached, s.accepted_at, strict=True)):
+            row[f"served_reached_{j + 1}"], row[f"served_accepted_{j + 1}"] = r, a
+        if cached is not None:
+            diff = first_difference(s.tokens[0], cached[i])
+            row["continuation_identical"], row["first_difference"] = diff < 0, diff
+        out.append(row)
+    return out
+
+
+def serve_draft(
+    draft_dir: str | Path,
+    arch: str,
+    target: str,
+    caches: dict[str, str | Path],
+    k: int,
+    new_tokens: int,
+    temperatures: list[float],
+    seed: int = 0,
+    draft_sample_method: str | None = None,
+    samples: int = 1,
+    log: Path | None = None,
+    ignore_eos: bool = False,
+    fix_cpu_expand: bool = False,
+) -> tuple[pd.DataFrame, dict]:
+    """Serve one draft on the prompts of every domain's eval cache (``caches``: domain → path;
+    one engine for all) at every temperature: per-prompt rows (``domain`` column; cached
+    continuation checks at T=0) and vLLM's answer (engine counters, timings)."""
+    domains, indices, prompts, cached, vocab = [], [], [], [], None
+    for domain, path in caches.items():
+        cache = FeatureCache(path)
+        found = cache_prompts(cache)
+        domains += [domain] * len(found[0])
+        indices, prompts, cached = indices + found[0], prompts + found[1], cached + found[2]
+        vocab = cache.draft_to_target if vocab is None else vocab
+        if not torch.equal(vocab, cache.draft_to_target):
+            raise ValueError(f"{path}: another draft vocabulary than the other domains' caches")
+    with tempfile.TemporaryDirectory(prefix="specbench-export-") as tmp:
+        exported = export_for_vllm(Path(draft_dir), arch, target, vocab, Path(tmp) / "d", k)
+        request = {
+            "target": str(Path(target).resolve()),
+            "draft": str(exported),
+            "method": SERVED[arch][0],
+            "k": k,
+            "draft_sample_method": draft_sample_method,
+            "prompts": prompts,
+            "max_new_tokens": new_tokens,
+            "temperatures": list(temperatures),
+            "seed": seed,
+            "samples": samples,
+            "ignore_eos": ignore_eos,
+            "fix_cpu_expand": fix_cpu_expand,
+        }
+        answer = run_vllm(request, log=log)
+    table = []
+    for run in answer["runs"]:
+        t = run["temperature"]
+        found = served_prompts(run, indices, k)
+        part = rows(found, t, cached if t == 0 else None)
+        table += [{"domain": d, **row} for d, row in zip(domains, part, strict=True)]
+    return pd.DataFrame(table), answer
+
+
+def served_tau(df: pd.DataFrame) -> tuple[float, float]:
+    """τ = 1 + Σ accepted / Σ drafts over the rows, and its prompt-clustered standard error."""
+    return ratio_of_sums_se(df["served_accepted"] + df["served_drafts"], df["served_drafts"])
