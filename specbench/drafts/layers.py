@@ -220,7 +220,8 @@ class Attention(nn.Module):
 # with a mask, CUDA runs GQA only on the math kernel, which keeps [B, H, T, S] fp32
 # probabilities per call (4 GiB per EAGLE-3 TTT step on Llama-3.1-8B at 4 × 1,152 tokens);
 # repeated K/V take the memory-efficient kernel (one [B, H, S, hd] copy of K and V instead).
-# On a CPU ``enable_gqa`` is the faster (repeating measured 1.3-1.4x slower per attention).
+# On a CPU ``enable_gqa`` stays: repeating is no faster there (1.03x the time with one
+# thread, 1.13x with two: ``python -m benchmarks.gqa_bench``), and CPU results stay as they were.
 REPEAT_KV_DEVICES = {"cuda"}
 
 
