@@ -51,31 +51,37 @@ def plan(config: dict, gpu_gib: float, log=print) -> list[str]:
     log(f"{'target/arch':26s} GPUs d/GPU micro  target  drafts  activ.  margin    peak  limit"
         "       host  jobs  h/job    GPU-h")  # fmt: skip
     total_h = 0.0
+    params: dict[str, tuple[float, float]] = {}  # target -> (total, active) parameters
     for name, t in cfg.targets.items():
         shape = target_config(t.model)
+        if shape is not None:
+            params[name] = cost.target_params(shape)
         for arch in cfg.archs_for(name):
             label = f"{name}/{arch}"
             if shape is None:
                 log(f"{label:26s} not planned: no config for {t.model} (download it)")
                 continue
-            row = plan_row(cfg, name, arch, shape, length, n, gpu_gib)
+            row = plan_row(cfg, name, arch, shape, params[name], length, n, gpu_gib)
             total_h += row["gpu_h"]
             log(row["line"])
             if row["refusal"]:
                 refusals.append(row["refusal"])
     log(f"training: {total_h:,.0f} GPU-h")
-    regeneration(cfg, n, log)
+    regeneration(cfg, n, params, log)
     return refusals
 
 
-def plan_row(cfg, name: str, arch: str, shape, length: int, n: int, gpu_gib: float) -> dict:
-    """One (target, architecture): its peak memory per GPU, host memory, GPU-hours."""
+def plan_row(
+    cfg, name: str, arch: str, shape, params: tuple[float, float], length: int, n: int,
+    gpu_gib: float,
+) -> dict:  # fmt: skip
+    """One (target, architecture): its peak memory per GPU, host memory, GPU-hours.
+    ``params``: the target's (total, active) parameters (``cost.target_params``)."""
     t, train = cfg.targets[name], cfg.train_for(name)
     b = train.micro_batch_size or train.batch_size
     ranks, groups = max(1, t.gpus), cfg.train_groups(name, arch)
     per = drafts_per_rank(len(groups[0]), ranks)
     vocab = shape.vocab_size if cfg.vocab_for(arch) == "full" else cfg.data.draft_vocab_size
-    os.environ.pop("SPECBENCH_LOSS_CHUNK_ROWS", None)
     os.environ["SPECBENCH_LOSS_CHUNK_ROWS"] = str(default_chunk_rows(vocab, "cuda"))
     try:  # train.autocast: auto is bf16 on GPUs of capability >= 8.0
         draft = draft_memory(shape, arch, cfg.arch_hparams.get(arch, {}), vocab, b, length,
@@ -83,8 +89,8 @@ def plan_row(cfg, name: str, arch: str, shape, length: int, n: int, gpu_gib: flo
         forward = forward_memory(shape, vocab, b, length, torch.bfloat16)
     finally:
         os.environ.pop("SPECBENCH_LOSS_CHUNK_ROWS", None)
-    total, active = cost.target_params(shape)
-    zero3 = t.zero3 if t.engine == "zero3" else None
+    total, active = params
+    zero3 = zero3_of(t)
     parts = group_rank_bytes(target_bytes(total, ranks, zero3), forward, draft, per)
     model = t.gpu_model_for(arch)
     limit = GPU_GIB.get(model, gpu_gib)  # a model not in the table: --gpu-gib
@@ -119,22 +125,26 @@ def host_bytes(total: float, ranks: int, zero3: dict | None, shape) -> float:
     """Host memory of a group job: the bf16 weights ZeRO-3 offloads (all of them, pinned),
     plus per rank the target's embedding and head in bf16 (``TargetInfo``) and
     ``HOST_RUNTIME`` for the process, its CUDA context and the packed responses."""
-    offload = zero3 is not None and zero3.get("offload_param", "none") not in ("none", None)
     vocab_mats = 2 * 2 * shape.vocab_size * shape.hidden_size
-    return (2 * total if offload else 0.0) + ranks * (vocab_mats + HOST_RUNTIME)
+    return (2 * total if cost.offloads(zero3) else 0.0) + ranks * (vocab_mats + HOST_RUNTIME)
 
 
-def regeneration(cfg, n: int, log=print) -> None:
-    """GPU-hours of regenerating the training responses, per target that has to."""
+def zero3_of(target) -> dict | None:
+    """A target's ZeRO-3 settings, or None where it runs without ZeRO-3."""
+    return target.zero3 if target.engine == "zero3" else None
+
+
+def regeneration(cfg, n: int, params: dict[str, tuple[float, float]], log=print) -> None:
+    """GPU-hours of regenerating the training responses, per target that has to (``params``:
+    the (total, active) parameters of each target whose shape is known)."""
     log(f"\n{'target':26s} GPUs  forwards/rank    GPU-h   (regenerated training responses)")
     hours = 0.0
     for name, t in cfg.targets.items():
-        shape = target_config(t.model)
-        if shape is None or t.train_completions:  # released completions: read, not generated
+        if name not in params or t.train_completions:  # released completions: not generated
             continue
-        total, active = cost.target_params(shape)
+        total, active = params[name]
         ranks = max(1, t.gpus)
-        gather = cost.gather_seconds(total, ranks, t.zero3 if t.engine == "zero3" else None)
+        gather = cost.gather_seconds(total, ranks, zero3_of(t))
         forwards, h = cost.regeneration_gpu_hours(
             total, active, gather, ranks, n, cfg.data.generation_batch_size,
             cfg.data.train_new_tokens,

@@ -61,13 +61,17 @@ def target_params(shape: PretrainedConfig) -> tuple[float, float]:
     return total, active
 
 
+def offloads(zero3: dict | None) -> bool:
+    """Whether a target's ZeRO-3 settings keep its partitions off the GPUs (cpu, nvme)."""
+    return zero3 is not None and zero3.get("offload_param", "none") not in ("none", None)
+
+
 def gather_seconds(total: float, ranks: int, zero3: dict | None) -> float:
     """``t_g``: one forward's worth of ZeRO-3 weight traffic into one GPU."""
     if zero3 is None:
         return 0.0
-    offload = zero3.get("offload_param", "none") not in ("none", None)
     nvlink = (ranks - 1) / ranks * 2 * total / NVLINK
-    return nvlink + (2 * total / ranks / PCIE if offload else 0.0)
+    return nvlink + (2 * total / ranks / PCIE if offloads(zero3) else 0.0)
 
 
 @dataclass

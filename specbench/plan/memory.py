@@ -39,6 +39,7 @@ from specbench.drafts.align import usable_k
 from specbench.features.cache import Sequence
 from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
+from specbench.plan.cost import offloads
 from specbench.plan.trace import PeakMemory, cuda_attention
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import _info
@@ -177,7 +178,7 @@ def target_bytes(params: float, ranks: int, zero3: dict | None, dtype_bytes: int
     ``offload_param`` keeps it in host memory or on NVMe) plus the gathered working set,
     at most ``stage3_max_live_parameters``; a full replica without ZeRO-3 or on one rank
     that offloads nothing (ZeRO-3 on one rank gathers nothing)."""
-    offload = zero3 is not None and zero3.get("offload_param", "none") not in ("none", None)
+    offload = offloads(zero3)
     if zero3 is None or (ranks == 1 and not offload):
         return params * dtype_bytes
     live = min(float(zero3.get("stage3_max_live_parameters", 1e9)), params) * dtype_bytes
