@@ -19,7 +19,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny import tiny_llama
+from transformers import LlamaForCausalLM
 
 from specbench.aggregation.stats import ratio_of_sums_se
 from specbench.config import TrainConfig
@@ -51,23 +52,10 @@ SAMPLES = 8  # T=1 samples per eval prompt
 
 def tiny_target() -> LlamaForCausalLM:
     """A random Llama with peaked next-token laws, no EOS (every continuation is NEW long)."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=V,
-        hidden_size=D,
-        intermediate_size=2 * D,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        model.lm_head.weight.normal_(0.0, 3.0 / D**0.5)
+    model = tiny_llama(
+        V, D, LAYERS, sharpness=3.0, num_attention_heads=2, num_key_value_heads=1,
+        max_position_embeddings=256, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )  # fmt: skip
     model.generation_config.eos_token_id = None
     return model
 
