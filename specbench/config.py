@@ -259,6 +259,12 @@ class Config(Strict):
                     f"T=0 replay needs look-ahead: data.eval_new_tokens must be >= "
                     f"eval.live_new_tokens + max eval.k = {need}"
                 )
+        for name, t in self.targets.items():  # at load time, not when its training job starts
+            if t.micro_batch_size is not None and self.train.batch_size % t.micro_batch_size:
+                raise ValueError(
+                    f"targets.{name}.micro_batch_size {t.micro_batch_size} must divide "
+                    f"train.batch_size {self.train.batch_size}"
+                )
         if self.learning_curve is not None and self.train.steps is None:
             raise ValueError("learning_curve needs train.steps (its data points train that long)")
         if self.learning_curve is not None:

@@ -38,6 +38,15 @@ def test_unknown_top_level_key_rejected_by_both_layers():
         load_config(cfg)
 
 
+def test_a_targets_micro_batch_must_divide_the_batch_when_the_config_loads():
+    cfg = raw("paper")
+    cfg["targets"]["llama31-8b"]["micro_batch_size"] = 5  # 64 sequences a step
+    with pytest.raises(ConfigError, match="targets.llama31-8b.micro_batch_size 5 must divide"):
+        load_config(cfg)
+    cfg["targets"]["llama31-8b"]["micro_batch_size"] = 8
+    assert load_config(cfg).train_for("llama31-8b").micro_batch_size == 8
+
+
 def test_unknown_nested_key_rejected():
     cfg = raw()
     cfg["train"]["learning_rate"] = 1e-3
