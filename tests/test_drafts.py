@@ -19,6 +19,7 @@ from specbench.decoding.speculative import speculative_decode, target_decode
 from specbench.drafts import DRAFTS, build_draft, load_draft
 from specbench.drafts.align import align
 from specbench.drafts.anchors import sample_anchors, with_first_target
+from specbench.drafts.base import tied_names
 from specbench.drafts.recurrent import RecurrentDraft
 from specbench.features.vocab import target_to_draft_map
 from specbench.targets.info import TargetInfo, target_info_from_model
@@ -34,6 +35,7 @@ HPARAMS = {
 # further cases: (architecture, target, hparams)
 VARIANTS = {
     "mtp_deepseek": ("mtp", "deepseek", {}),
+    "draft_lm_scratch": ("draft_lm", "llama", {"init": "scratch", "layers": 2, "width": 0.5}),
     "mlp_speculator_tied": (
         "mlp_speculator",
         "llama",
@@ -160,6 +162,7 @@ def check_decoding_equals_training(draft, info, training: bool = False):
         usable = [(j, a) for j, a in enumerate(out.anchors[b].tolist()) if a + 1 + K < n_real]
         for a_idx, a in usable[:: max(1, len(usable) // 3)]:  # teacher tokens must be real
             session = draft.start_session()
+            session.begin(int(ids[b, 0]))
             session.extend(feats[b, : a + 1], ids[b, 1 : a + 2])
             tokens, logits = session.propose(K, teacher(info, ids[b], a))
             assert tokens.shape == (K,) and logits.shape == (K, VD)
@@ -176,6 +179,7 @@ def test_session_chunks_and_no_mutation(case, infos):
 
     def session(cuts):
         s = draft.start_session()
+        s.begin(int(ids[0, 0]))
         for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
             s.extend(feats[0, lo:hi], ids[0, lo + 1 : hi + 1])
         return s
@@ -214,6 +218,9 @@ def test_decoding_is_lossless(case, infos, models):
     class Recording:  # wraps a session: checks every proposal against the logits it sampled
         def __init__(self, session):
             self.session, self.checked = session, 0
+
+        def begin(self, first_token):
+            self.session.begin(first_token)
 
         def extend(self, features, next_tokens):
             self.session.extend(features, next_tokens)
@@ -266,8 +273,12 @@ def test_save_load_roundtrip(case, infos, tmp_path):
     with torch.no_grad():
         assert torch.equal(train(draft, batch).logits, train(loaded, batch).logits)
     saved = load_file(str(tmp_path / "d" / "model.safetensors"))
-    assert set(saved) == set(draft.state_dict())
-    assert all(V not in t.shape for t in saved.values()), "target-vocab tensor was saved"
+    assert set(saved) == set(draft.state_dict()) - set(tied_names(draft))
+    # a target-vocabulary tensor is saved only as a draft's own trainable weight (draft_lm's
+    # embedding), never as the frozen target embedding the feature drafts share
+    trainable = {n for n, p in draft.named_parameters() if p.requires_grad}
+    frozen = [n for n, t in saved.items() if V in t.shape and n not in trainable]
+    assert not frozen, f"target-vocab tensors were saved: {frozen}"
     n_params = sum(p.numel() for p in draft.parameters())
     assert sum(t.numel() for t in saved.values()) <= n_params + 16  # + DeepSeek router bias
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())

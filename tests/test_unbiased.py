@@ -19,6 +19,7 @@ from specbench.decoding.unbiased import (
     unbiased_tau_by_prompt,
 )
 from specbench.drafts import build_draft
+from specbench.drafts.base import DraftSession
 from specbench.features.cache import FeatureCache, Sequence, save_cache
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
@@ -131,7 +132,7 @@ def test_invalid_steps_stop_the_chain_like_enumeration_of_fewer_steps():
 
 
 # ------------------------------------------------------------------ tiny real target
-class NoisyTargetSession:
+class NoisyTargetSession(DraftSession):
     """Test draft: logits ``scale · target logits + bias`` on its own drafted prefix."""
 
     def __init__(self, draft: NoisyTargetDraft) -> None:

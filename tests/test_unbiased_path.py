@@ -20,6 +20,7 @@ from tiny import tiny_llama
 
 from specbench.decoding.speculative import target_decode
 from specbench.decoding.unbiased import response_anchors, unbiased_tau_by_prompt
+from specbench.drafts.base import DraftSession
 from specbench.features.cache import FeatureCache, Sequence, save_cache
 from specbench.targets.featurize import compute_features
 from specbench.targets.runner import TargetRunner
@@ -30,7 +31,7 @@ D2T = torch.tensor([0, 1, 2, 4, 5, 7])  # two target tokens the draft cannot pro
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class TableSession:
+class TableSession(DraftSession):
     """Draft logits from a fixed random table keyed by (last committed token, drafted ids)."""
 
     def __init__(self, draft: TableDraft) -> None:

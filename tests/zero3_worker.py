@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from specbench.dist import Lockstep, lockstep_batches, rank_and_world
+from specbench.drafts.base import DraftSession
 from specbench.targets.loading import load_target
 from specbench.targets.runner import TargetRunner
 from specbench.targets.zero3 import shutdown, zero3_target_info
@@ -85,7 +86,7 @@ def check_kv_cache(zmod: torch.nn.Module, pr: TargetRunner, rank: int) -> dict:
     }
 
 
-class NoisyOracleSession:
+class NoisyOracleSession(DraftSession):
     """Test draft with partial acceptance: greedy continuation of a plain copy of the target,
     with every third drafted position (by absolute index) replaced by a wrong token."""
 

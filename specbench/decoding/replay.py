@@ -47,6 +47,7 @@ def replay_greedy(
     end = len(tokens)
     res = DecodeResult.for_rounds(k)
     session = draft.start_session()
+    session.begin(tokens[0])
     m = prompt_len
     res.tokens = [tokens[m]]  # the first token comes from the target's prefill
     # the prompt's positions, each paired with the token that follows it

@@ -206,6 +206,7 @@ def speculative_decode(
     res.target_seconds += t0 - t_start
     first = torch.tensor(res.tokens, device=dev)
     # drafts were trained on the cache's fp32 features, whatever the target's dtype
+    session.begin(int(prompt[0]))
     session.extend(step.features[0].float(), torch.cat([prompt[1:], first]))
     res.draft_seconds += _sync(dev) - t0
 

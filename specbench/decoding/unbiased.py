@@ -245,6 +245,7 @@ def sequence_unbiased_tau(
     valid = (pos < ids.numel()) & mask[pos.clamp(max=ids.numel() - 1)]
     cache, tokens = prefix_cache(runner, seq, int(anchors[-1]) + 2) if k > 1 else (None, 0)
     session, done = draft.start_session(), 0
+    session.begin(int(nxt[0]))
     for a in range(0, anchors.numel(), batch_size):
         chunk = anchors[a : a + batch_size]
         d_ids, z = [], []

@@ -58,3 +58,8 @@ def align(
 def usable_k(draft: Draft, k: int) -> int:
     """``k`` capped at what the architecture can draft (heads, stages, block − 1)."""
     return k if draft.max_k is None else min(k, draft.max_k)
+
+
+def training_k(draft: Draft, k: int) -> int:
+    """The K a draft trains at: its architecture's own (``Draft.train_k``) or ``k``, capped."""
+    return usable_k(draft, k if draft.train_k is None else draft.train_k)

@@ -55,6 +55,11 @@ class DraftSession:
     anchored at the last extended position and must not change the committed state.
     """
 
+    def begin(self, first_token: int) -> None:
+        """Called once, before the first ``extend``, with the sequence's first token ``x_0``
+        (no ``extend`` names it: it gives the tokens that *follow* positions). A draft that
+        reads target features needs nothing more; one that reads tokens only does."""
+
     def extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         raise NotImplementedError
 
@@ -82,6 +87,9 @@ class Draft(nn.Module):
     # "truncated" (the most frequent target tokens, EAGLE-3's d2t map); configs may override
     # it per architecture (``arch_vocab``), as a stated deviation
     reference_vocab: ClassVar[str] = "full"
+    # the K it trains at whatever ``train.k`` says (None: ``train.k``); a draft whose steps
+    # under teacher forcing are its first step at later positions trains K = 1
+    train_k: ClassVar[int | None] = None
 
     def target_layers(self, num_hidden_layers: int) -> tuple[int, ...]:
         """The target's ``hidden_states`` indices this draft reads, stacked as the ``F`` of
@@ -150,7 +158,12 @@ class Draft(nn.Module):
         cfg_tmp = path / "config.json.tmp"
         cfg_tmp.write_text(json.dumps({"arch": self.arch, "hparams": self.hparams}, indent=2))
         cfg_tmp.replace(path / "config.json")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        aliases = tied_names(self)  # tied weights (draft_lm's embedding and head): once
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            if k not in aliases
+        }
         tmp = path / "model.safetensors.tmp"
         save_file(state, str(tmp))
         tmp.replace(path / "model.safetensors")
@@ -223,5 +236,22 @@ def load_draft(path: str | Path, info: TargetInfo) -> Draft:
     path = Path(path)
     cfg = json.loads((path / "config.json").read_text())
     draft = build_draft(cfg["arch"], info, **cfg["hparams"])
-    draft.load_state_dict(load_file(str(path / "model.safetensors")))
+    missing, unexpected = draft.load_state_dict(
+        load_file(str(path / "model.safetensors")), strict=False
+    )
+    missing = set(missing) - set(tied_names(draft))  # loaded through the name they alias
+    if missing or unexpected:
+        raise RuntimeError(f"{path}: missing {sorted(missing)}, unexpected {unexpected}")
     return draft
+
+
+def tied_names(module: nn.Module) -> dict[str, str]:
+    """State-dict names whose tensor is an earlier name's (tied weights): name → that name."""
+    first: dict[tuple[int, tuple[int, ...]], str] = {}
+    out = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        key = (t.data_ptr(), tuple(t.shape))
+        if key in first and t.numel():
+            out[name] = first[key]
+        first.setdefault(key, name)
+    return out

@@ -35,7 +35,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from specbench.drafts import build_draft
-from specbench.drafts.align import usable_k
+from specbench.drafts.align import training_k
 from specbench.features.cache import Sequence
 from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
@@ -111,7 +111,7 @@ def draft_memory(
         draft.prepare(torch.device("cuda" if gpu else "cpu"))  # as ``make_member`` does
         if recompute is not None:
             draft.recompute_steps = recompute
-        k = usable_k(draft, k)  # as ``make_member`` caps it
+        k = training_k(draft, k)  # as ``make_member`` sets it
         params = [p for p in draft.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4)
         t2d = target_to_draft_map(info.draft_to_target, v)

@@ -26,12 +26,14 @@ VENV_VARIABLE = "SPECBENCH_SERVE_VENV"
 SERVED = {
     "eagle3": ("eagle3", "speculators"),
     "medusa": ("medusa", "vllm"),
+    "draft_lm": ("draft_model", "transformers"),
 }
 
 
 # vLLM 0.32 builds MEDUSA's heads at the full vocabulary and then slices the checkpoint's to
-# the truncated one, so a truncated MEDUSA fails to load (docs/vllm-t1.md)
-FULL_VOCAB_ONLY = {"medusa"}
+# the truncated one, so a truncated MEDUSA fails to load (docs/vllm-t1.md); a draft LM is a
+# plain causal LM over the whole vocabulary (formats/draft_lm.py)
+FULL_VOCAB_ONLY = {"medusa", "draft_lm"}
 
 
 def servable(arch: str, vocab: str) -> bool:

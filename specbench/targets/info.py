@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ class TargetInfo:
     # use it as it is. Empty = plain θ-RoPE with ``rope_theta``
     rope_parameters: dict[str, Any] = field(default_factory=dict)
     max_position_embeddings: int | None = None  # the target's context (yarn without factor)
+    # where a draft built from the target's own layers (``draft_lm``'s ``init:
+    # target_layers``) reads them: its checkpoint folder (also its tokenizer), or, for a model
+    # in memory, ``read_tensors(keep)``: its state-dict tensors whose names pass ``keep``
+    checkpoint: Path | None = None
+    read_tensors: Callable[[Callable[[str], bool]], dict[str, torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -97,7 +103,7 @@ def target_info_from_model(
     With ``name_or_path``, released MTP weights in the checkpoint are attached for the
     ``mtp`` draft to start from.
     """
-    return _info(
+    info = _info(
         model.config,
         model.get_input_embeddings().weight.detach(),
         model.get_output_embeddings().weight.detach(),
@@ -105,6 +111,13 @@ def target_info_from_model(
         n_params=sum(p.numel() for p in model.parameters()),
         mtp=released_mtp_weights(name_or_path, model.config) if name_or_path else None,
     )
+
+    def read(keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+        return {k: v.detach() for k, v in model.state_dict().items() if keep(k)}
+
+    info.read_tensors = read
+    info.checkpoint = checkpoint_folder(name_or_path) if name_or_path else None
+    return info
 
 
 def rope_parameters(cfg) -> dict[str, Any]:
@@ -190,4 +203,7 @@ def target_info_from_checkpoint(
         with safe_open(str(folder / name), framework="pt") as f:
             for k in f.keys():
                 n_params += unquantized_numel(method, k, f.get_slice(k).get_shape())
-    return _info(cfg, embed, head, draft_to_target, n_params, released_mtp_weights(folder, cfg))
+    info = _info(cfg, embed, head, draft_to_target, n_params, released_mtp_weights(folder, cfg))
+
+    info.checkpoint = folder
+    return info

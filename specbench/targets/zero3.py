@@ -152,7 +152,10 @@ def zero3_target_info(model: nn.Module, draft_to_target: torch.Tensor | None = N
     with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
         info = target_info_from_model(model, draft_to_target)
         info = dataclasses.replace(
-            info, embed_tokens=info.embed_tokens.clone(), lm_head=info.lm_head.clone()
+            info,
+            embed_tokens=info.embed_tokens.clone(),
+            lm_head=info.lm_head.clone(),
+            read_tensors=None,  # its state dict is partitioned: read the checkpoint instead
         )
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     info.target_flops_per_token = 2.0 * n_params

@@ -60,7 +60,7 @@ import torch.distributed as dist
 from specbench.acceptance import alpha
 from specbench.artifacts import GroupCheckpoint, TrainStatus
 from specbench.dist import rank_and_world
-from specbench.drafts.align import StepTargets, align, usable_k
+from specbench.drafts.align import StepTargets, align, training_k
 from specbench.drafts.base import Draft
 from specbench.features.vocab import target_to_draft_map
 from specbench.io import progress, tmp_path_for
@@ -147,7 +147,7 @@ def make_member(
     opt = torch.optim.AdamW(
         params, lr=lr, betas=train.betas, weight_decay=train.weight_decay, fused=fused or None
     )
-    return Member(name, draft, loss_fn, seed, opt, usable_k(draft, train.k_for(draft.arch)), lr)
+    return Member(name, draft, loss_fn, seed, opt, training_k(draft, train.k_for(draft.arch)), lr)
 
 
 @torch.no_grad()
