@@ -24,7 +24,9 @@ Where it comes from (hparam ``init``):
   115M for the 7B: 4/32 of the layers, 1/4 of the width, heads and MLP), randomly
   initialised from the draft's seed.
 
-Every parameter trains, as in the TVD++ paper's fine-tuning. With a deterministic init
+Over the full vocabulary every parameter trains, as in the TVD++ paper's fine-tuning; over a
+truncated one (a stated CPU deviation) the head holds the draft vocabulary's rows, untied,
+and the input embedding is frozen, as EAGLE-3's. With a deterministic init
 (``target_layers``, ``pretrained``) a draft's seed changes only its ``train_anchors`` draws:
 with ``train_anchors`` None every seed trains the same draft.
 
@@ -41,7 +43,7 @@ from contextvars import ContextVar
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from specbench.drafts.anchors import anchor_count, sample_anchors, with_first_target
 from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput, register_draft
@@ -202,13 +204,22 @@ class DraftLM(Draft):
         self.full_vocab = d2t.numel() == info.vocab_size and bool(
             (d2t == torch.arange(d2t.numel())).all()
         )
+        if not self.full_vocab:
+            # a truncated vocabulary (a CPU-budget deviation, as EAGLE-3's d2t): the head
+            # becomes the LM head's rows of the draft vocabulary, untied, and the input
+            # embedding is frozen as EAGLE-3's is (training a 49k × 576 embedding through
+            # AdamW was 0.34 s of a 1.4 s SmolLM2 step, for rows the head never scores)
+            rows = self.lm.lm_head.weight.detach()[d2t].clone()
+            self.lm.config.tie_word_embeddings = False
+            self.lm.lm_head = nn.Linear(rows.shape[1], rows.shape[0], bias=False)
+            with torch.no_grad():
+                self.lm.lm_head.weight.copy_(rows)
+            self.lm.get_input_embeddings().requires_grad_(False)
 
     # -- the LM -----------------------------------------------------------------------
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits over the draft vocabulary: the LM head's rows of its target ids."""
-        if self.full_vocab:
-            return self.lm.lm_head(h)
-        return F.linear(h, self.lm.lm_head.weight[self.d2t])
+        """Logits over the draft vocabulary (the LM head holds its rows; see ``__init__``)."""
+        return self.lm.lm_head(h)
 
     def forward_train(
         self,
