@@ -52,6 +52,9 @@ class TargetConfig(Strict):
     # sequences per forward/backward of this target's online training jobs, in place of
     # ``train.micro_batch_size`` (None: that one): the largest that fits, per the planner
     micro_batch_size: int | None = Field(None, gt=0)
+    # hparams of an architecture on this target, over the top-level ``arch_hparams`` (e.g.
+    # draft_lm's pretrained ``model``, a sibling of this target with its tokenizer)
+    arch_hparams: dict[ArchName, dict[str, Any]] = Field(default_factory=dict)
     # domain → released completions of this target: its training responses of that domain are
     # read from them (rule train_completions) instead of regenerated (specbench.data.completions)
     train_completions: dict[DomainName, CompletionsSource] = Field(default_factory=dict)
@@ -206,6 +209,9 @@ class Config(Strict):
     # per-architecture vocabulary overriding its reference's ("full" or "truncated" to
     # data.draft_vocab_size tokens): a stated deviation, e.g. for CPU time
     arch_vocab: dict[ArchName, Literal["truncated", "full"]] = Field(default_factory=dict)
+    # per-architecture loss lists replacing ``losses`` for that architecture (each holds
+    # baseline_loss), e.g. the TVD++ paper's comparison for draft_lm only
+    arch_losses: dict[ArchName, list[str]] = Field(default_factory=dict)
     threads: int = Field(1, gt=0)
     # drafts trained elsewhere, evaluated beside the matrix's own (specbench.formats)
     external_drafts: list[ExternalDraft] = Field(default_factory=list)
@@ -246,12 +252,28 @@ class Config(Strict):
 
         return [canonical(s) for s in v]  # raises with the valid names
 
+    @field_validator("arch_losses")
+    @classmethod
+    def _arch_losses(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        from specbench.losses import canonical
+
+        empty = sorted(a for a, losses in v.items() if not losses)
+        if empty:
+            raise ValueError(f"arch_losses: empty list for {empty}")
+        return {a: [canonical(s) for s in losses] for a, losses in v.items()}
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         from specbench.losses import canonical
 
         if canonical(self.baseline_loss) not in self.losses:
             raise ValueError(f"baseline_loss {self.baseline_loss!r} must be one of losses")
+        for arch, losses in self.arch_losses.items():
+            if canonical(self.baseline_loss) not in losses:
+                raise ValueError(
+                    f"arch_losses.{arch} must hold baseline_loss {self.baseline_loss!r} "
+                    "(the gains are paired against it)"
+                )
         if 0 in self.temperatures:
             need = self.eval.live_new_tokens + max(per_arch_values(self.eval.k))
             if need > self.data.eval_new_tokens:
@@ -319,13 +341,30 @@ class Config(Strict):
         """The vocabularies the architectures of ``target`` need caches for."""
         return sorted({self.vocab_for(a) for a in self.archs_for(target)})
 
+    def hparams_for(self, target: str, arch: str) -> dict[str, Any]:
+        """``arch``'s hparams on ``target``: ``arch_hparams``, then the target's own."""
+        return {
+            **self.arch_hparams.get(arch, {}),
+            **self.targets[target].arch_hparams.get(arch, {}),
+        }
+
+    def losses_for(self, arch: str) -> list[str]:
+        """The losses ``arch`` trains with: its ``arch_losses`` entry, else ``losses``."""
+        return self.arch_losses.get(arch, self.losses)
+
+    @property
+    def all_losses(self) -> list[str]:
+        """Every loss some architecture trains with (``losses`` first, in order)."""
+        extra = [x for losses in self.arch_losses.values() for x in losses]
+        return list(dict.fromkeys([*self.losses, *extra]))
+
     def train_groups(self, target: str, arch: str) -> list[list[tuple[str, int]]]:
         """The (loss, seed) drafts of one (target, architecture), in online group jobs.
 
-        Every (loss, seed) of the matrix in order, cut into groups of the target's
+        Every (loss, seed) of the architecture in order, cut into groups of the target's
         ``group_size`` for ``arch`` (all of them in one group when it is unset).
         """
-        runs = [(loss, seed) for loss in self.losses for seed in self.seeds]
+        runs = [(loss, seed) for loss in self.losses_for(arch) for seed in self.seeds]
         size = self.targets[target].group_size_for(arch) or len(runs)
         return [runs[i : i + size] for i in range(0, len(runs), size)]
 

@@ -13,6 +13,7 @@ import yaml
 
 from specbench.artifacts import loss_slug
 from specbench.config import ConfigError, load_config
+from specbench.drafts import DRAFTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "workflow/schemas/config.schema.json").read_text())
@@ -198,14 +199,42 @@ def test_architecture_names_and_per_architecture_settings_are_types():
         "arch_hparams.eagle4.[key]": lambda c: c.update(arch_hparams={"eagle4": {}}),
         "learning_curve.arch": lambda c: c.update(learning_curve={"arch": "eagle4", "steps": [1]}),
         "train.k.dict": lambda c: c["train"].update(k={"default": 3, "eagle4": 2}),
+        "arch_losses.eagle4.[key]": lambda c: c.update(arch_losses={"eagle4": ["kl"]}),
     }
+    first = ", ".join(repr(a) for a in sorted(DRAFTS)[:2])  # the valid names are listed
     for where, spoil in bad_places.items():
         c = copy.deepcopy(cfg)
         spoil(c)
-        with pytest.raises(ConfigError, match=rf"{re.escape(where)}.*'block_diffusion', 'eagle3'"):
+        with pytest.raises(ConfigError, match=rf"{re.escape(where)}.*{re.escape(first)}"):
             load_config(c)
     for section, key in (("eval", "k"), ("train", "lr")):
         c = copy.deepcopy(cfg)
         c[section][key] = {"eagle3": 1}
         with pytest.raises(ConfigError, match=rf"{section}.{key}: per architecture needs a 'def"):
             load_config(c)
+
+
+def test_an_architecture_may_train_its_own_losses_which_hold_the_baseline():
+    """``arch_losses``: draft_lm runs the TVD++ paper's comparison, the others ``losses``;
+    the matrix and its online groups follow it; a list without the baseline is refused."""
+    c = copy.deepcopy(raw())
+    c["draft_archs"] = ["eagle3", "draft_lm"]
+    c["arch_losses"] = {"draft_lm": ["kl", "tvdpp"]}
+    cfg = load_config(c)
+    assert cfg.losses_for("draft_lm") == ["kl", "tvdpp"] and cfg.losses_for("eagle3") == cfg.losses
+    assert cfg.all_losses == [*cfg.losses, "tvdpp"]
+    target = next(iter(cfg.targets))
+    runs = [r for g in cfg.train_groups(target, "draft_lm") for r in g]
+    assert runs == [(loss, s) for loss in ("kl", "tvdpp") for s in cfg.seeds]
+    c["arch_losses"] = {"draft_lm": ["tvdpp"]}
+    with pytest.raises(ConfigError, match="arch_losses.draft_lm must hold baseline_loss"):
+        load_config(c)
+
+
+def test_a_target_s_own_hparams_override_the_architecture_s():
+    c = copy.deepcopy(raw())
+    target = next(iter(c["targets"]))
+    c["arch_hparams"] = {"draft_lm": {"layers": 2, "width": 0.5}}
+    c["targets"][target]["arch_hparams"] = {"draft_lm": {"init": "pretrained", "model": "m"}}
+    got = load_config(c).hparams_for(target, "draft_lm")
+    assert got == {"layers": 2, "width": 0.5, "init": "pretrained", "model": "m"}

@@ -76,8 +76,9 @@ def truncated_config(cfg, layers: int):
     return cfg
 
 
-def scratch_config(cfg, layers: int, width: float):
-    """The target's config at ``width`` of its width, heads and FFN, with ``layers`` layers."""
+def scratch_config(cfg, layers: int, width: float, intermediate_size: int | None = None):
+    """The target's config at ``width`` of its width, heads and FFN (``intermediate_size``
+    if given: TVD++'s drafter has 2816, not 11008 / 4), with ``layers`` layers."""
     cfg = truncated_config(cfg, min(layers, int(cfg.num_hidden_layers)))
     heads = max(1, round(cfg.num_attention_heads * width))
     kv = max(1, min(heads, round(getattr(cfg, "num_key_value_heads", heads) * width)))
@@ -89,6 +90,8 @@ def scratch_config(cfg, layers: int, width: float):
     for key in ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"):
         if getattr(cfg, key, None):
             setattr(cfg, key, max(1, round(getattr(cfg, key) * width)))
+    if intermediate_size is not None:
+        cfg.intermediate_size = int(intermediate_size)
     return cfg
 
 
@@ -117,7 +120,9 @@ def tokenizer_mismatch(draft_source, target_folder, draft_vocab: int, vocab: int
     return None
 
 
-def build_lm(info: TargetInfo, init: str, layers: int, model: str | None, width: float):
+def build_lm(
+    info: TargetInfo, init: str, layers: int, model: str | None, width: float, ffn: int | None
+):
     """The causal LM (float32, sdpa attention) an ``init`` gives, with its weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -140,7 +145,8 @@ def build_lm(info: TargetInfo, init: str, layers: int, model: str | None, width:
     if target_cfg is None:
         raise ValueError(f"draft_lm: init {init!r} needs the target's config (hf_config)")
     if init == "scratch":
-        return AutoModelForCausalLM.from_config(scratch_config(target_cfg, layers, width), **kw)
+        cfg = scratch_config(target_cfg, layers, width, ffn)
+        return AutoModelForCausalLM.from_config(cfg, **kw)
     if quant_method(target_cfg):
         raise ValueError(
             f"draft_lm: init 'target_layers' copies the target's layers, and this target is "
@@ -170,6 +176,7 @@ class DraftLM(Draft):
     ``scratch``); ``layers`` (target_layers / scratch; default: 1/8 of the target's, the
     TVD++ drafter's depth ratio); ``model`` (pretrained: hub id or folder); ``width``
     (scratch: the fraction of the target's width, heads and FFN; TVD++: 1/4);
+    ``intermediate_size`` (scratch: the FFN width instead of ``width`` × the target's);
     ``train_anchors`` (positions per sequence the loss is taken at, at random from the
     draft's seed; None = all — the per-position objective, subsampled without bias)."""
 
@@ -183,6 +190,7 @@ class DraftLM(Draft):
         layers: int | None = None,
         model: str | None = None,
         width: float = WIDTH_RATIO,
+        intermediate_size: int | None = None,
         train_anchors: int | None = None,
     ) -> None:
         if init not in INITS:
@@ -193,7 +201,7 @@ class DraftLM(Draft):
         train_anchors = anchor_count(train_anchors)
         super().__init__(info, layers=layers, train_anchors=train_anchors)
         self.train_anchors = train_anchors
-        self.lm = build_lm(info, init, layers, model, float(width))
+        self.lm = build_lm(info, init, layers, model, float(width), intermediate_size)
         if self.lm.config.vocab_size != info.vocab_size:
             raise ValueError(
                 f"draft_lm: the LM's vocab_size {self.lm.config.vocab_size} is not the "

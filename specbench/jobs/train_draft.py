@@ -27,7 +27,7 @@ def run(job: Job) -> None:
         cache,
         info,
         arch,
-        ctx.cfg.arch_hparams.get(arch, {}),
+        ctx.cfg.hparams_for(wc["target"], arch),
         job.params["loss"],
         int(job.wildcards["seed"]),
         train,

@@ -44,7 +44,7 @@ def run(job: Job) -> None:
     info = target_info_from_checkpoint(job.params["model"], d2t)
     ckpt = Path(job.params["checkpoint"])  # a folder
     train_runs(
-        source, info, arch, cfg.arch_hparams.get(arch, {}), runs,
+        source, info, arch, cfg.hparams_for(job.wildcards["target"], arch), runs,
         cfg.train_for(job.wildcards["target"]),
         device=ctx.device, log=ctx.say, checkpoint=ckpt,
     )  # fmt: skip

@@ -84,7 +84,7 @@ def plan_row(
     vocab = shape.vocab_size if cfg.vocab_for(arch) == "full" else cfg.data.draft_vocab_size
     os.environ["SPECBENCH_LOSS_CHUNK_ROWS"] = str(default_chunk_rows(vocab, "cuda"))
     try:  # train.autocast: auto is bf16 on GPUs of capability >= 8.0
-        draft = draft_memory(shape, arch, cfg.arch_hparams.get(arch, {}), vocab, b, length,
+        draft = draft_memory(shape, arch, cfg.hparams_for(name, arch), vocab, b, length,
                              train.k_for(arch), autocast=torch.bfloat16)  # fmt: skip
         forward = forward_memory(shape, vocab, b, length, torch.bfloat16)
     finally:

@@ -36,10 +36,12 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from specbench.drafts import build_draft
 from specbench.drafts.align import training_k
+from specbench.drafts.draft_lm import CONFIG_ONLY
 from specbench.features.cache import Sequence
 from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
 from specbench.plan.cost import offloads
+from specbench.plan.shapes import planned_config
 from specbench.plan.trace import PeakMemory, cuda_attention
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import _info
@@ -99,7 +101,7 @@ def draft_memory(
         embed = torch.empty(v, d, dtype=dtype)
         head = embed if cfg.tie_word_embeddings else torch.empty(v, d, dtype=dtype)
         info = _info(cfg, embed, head, torch.arange(draft_vocab), 0, None)
-        with _values_free_init() if fake else contextlib.nullcontext():
+        with _values_free_init() if fake else contextlib.nullcontext(), config_only():
             # released MTP weights are not there to import: build random ones and freeze
             # the experts as ``freeze_experts`` does after importing them (the same sizes)
             frozen = arch == "mtp" and hparams.get("freeze_experts")
@@ -163,6 +165,17 @@ def forward_memory(
             out = compute_features(runner, seqs, torch.arange(draft_vocab), batch_size=b)
         del out
         return probe.peak - base
+
+
+@contextlib.contextmanager
+def config_only() -> Iterator[None]:
+    """Drafts built from a model (``draft_lm``) are built from its config alone: the
+    planner traces shapes, and a pretrained drafter's config comes from plan/shapes.py."""
+    token = CONFIG_ONLY.set(planned_config)
+    try:
+        yield
+    finally:
+        CONFIG_ONLY.reset(token)
 
 
 @contextlib.contextmanager

@@ -59,7 +59,28 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         max_position_embeddings=163840, rms_norm_eps=1e-6, num_nextn_predict_layers=1,
         tie_word_embeddings=False,
     )),
+    # draft_lm's pretrained drafters (their tokenizers are their targets')
+    "meta-llama/Llama-3.2-1B-Instruct": ("LlamaConfig", dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+        rope_theta=500000.0, rope_scaling=dict(LLAMA_ROPE, factor=32.0),
+        max_position_embeddings=131072, tie_word_embeddings=True, rms_norm_eps=1e-5,
+    )),
+    "Qwen/Qwen3-0.6B": ("Qwen3Config", dict(
+        hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+        rope_theta=1000000.0, max_position_embeddings=40960, rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )),
 }  # fmt: skip
+
+
+def planned_config(model: str) -> PretrainedConfig:
+    """:func:`target_config`, or an error naming the ids the planner knows."""
+    cfg = target_config(model)
+    if cfg is None:
+        raise ValueError(f"no config for {model!r} on disk or in plan/shapes.py: {sorted(SHAPES)}")
+    return cfg
 
 
 def target_config(model: str) -> PretrainedConfig | None:

@@ -46,7 +46,7 @@ onstart:
 
 # drafts trained elsewhere (workflow/rules/formats.smk): loss external:<name>, folder external-<name>
 EXTERNAL = {e.name: e for e in CFG.external_drafts}
-LOSS_BY_SLUG = losses_by_slug([*CFG.losses, *(e.loss for e in CFG.external_drafts)])
+LOSS_BY_SLUG = losses_by_slug([*CFG.all_losses, *(e.loss for e in CFG.external_drafts)])
 EVAL_SPLITS = [eval_split(t) for t in CFG.temperatures]
 SCRIPT = "../scripts/run_rule.py"  # every rule: run_rule(snakemake) -> specbench.jobs.<stage>
 ENV = "../envs/specbench.yaml"
@@ -110,7 +110,7 @@ def matrix_dirs(stage):
         draft_dir(R, stage, t, arch, loss, seed)
         for t in CFG.targets
         for arch in CFG.archs_for(t)
-        for loss in CFG.losses
+        for loss in CFG.losses_for(arch)
         for seed in CFG.seeds
     ] + [draft_dir(R, stage, e.target, e.arch, e.loss, 0) for e in CFG.external_drafts]
 

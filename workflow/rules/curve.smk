@@ -18,6 +18,7 @@ rule curve_train:
         model=lambda wc: target_model(wc.target),
         loss=curve_loss,
         config_digest=config_digest("data", "train", "arch_hparams", "arch_vocab"),
+        hparams=lambda wc: CFG.hparams_for(wc.target, wc.arch),  # the target's own too
     threads: CFG.threads
     resources:
         gpu=lambda wc: min(1, CFG.targets[wc.target].gpus),

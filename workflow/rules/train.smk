@@ -23,6 +23,7 @@ if CFG.train.features == "cache":
             model=lambda wc: target_model(wc.target),
             loss=lambda wc: LOSS_BY_SLUG[wc.loss],
             config_digest=config_digest("data", "train", "arch_hparams", "arch_vocab"),
+            hparams=lambda wc: CFG.hparams_for(wc.target, wc.arch),  # the target's own too
         threads: CFG.threads
         resources:
             gpu=lambda wc: min(1, CFG.targets[wc.target].gpus),
@@ -51,8 +52,9 @@ else:
             # outside the output folder, which Snakemake clears before rerunning the job
             checkpoint=lambda wc: f"{R}/checkpoints/{wc.target}/{wc.arch}/g{wc.group}",
             config_digest=config_digest(
-                "data", "train", "arch_hparams", "arch_vocab", "losses", "seeds"
+                "data", "train", "arch_hparams", "arch_vocab", "losses", "arch_losses", "seeds"
             ),
+            hparams=lambda wc: CFG.hparams_for(wc.target, wc.arch),  # the target's own too
         threads: CFG.threads
         resources:
             gpu=gpu_resources,
@@ -73,7 +75,7 @@ else:
         log:
             f"{R}/logs/group_draft/{{target}}/{{arch}}/{{loss}}/seed{{seed}}.log",
         wildcard_constraints:
-            loss="|".join(re.escape(loss_slug(loss)) for loss in CFG.losses),  # not external
+            loss="|".join(re.escape(loss_slug(loss)) for loss in CFG.all_losses),  # not external
         params:
             folder=lambda wc: f"{group_of(wc)}/{wc.loss}/seed{wc.seed}",
         localrule: True
