@@ -44,6 +44,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from specbench.drafts.anchors import anchor_count, sample_anchors, with_first_target
 from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput, register_draft
@@ -209,9 +210,9 @@ class DraftLM(Draft):
             )
         register_vocab(self, info, embedding=False)
         d2t = info.draft_to_target.cpu()
-        self.full_vocab = d2t.numel() == info.vocab_size and bool(
-            (d2t == torch.arange(d2t.numel())).all()
-        )
+        self.full_vocab = d2t.numel() == info.vocab_size
+        if self.full_vocab and not isinstance(d2t, FakeTensor):  # the planner's: arange
+            self.full_vocab = bool((d2t == torch.arange(d2t.numel())).all())
         if not self.full_vocab:
             # a truncated vocabulary (a CPU-budget deviation, as EAGLE-3's d2t): the head
             # becomes the LM head's rows of the draft vocabulary, untied, and the input
