@@ -90,7 +90,7 @@ def report(smoke_local, tmp_path_factory):
     steps = cfg["train"]["steps"]
     point = work / f"results/curve/point/steps{steps}_data1"
     point.mkdir(parents=True)
-    cell = "smollm2-135m/eagle3/kl/seed0"
+    cell = f"{next(iter(cfg['targets']))}/eagle3/kl/seed0"  # the curve's arch and loss below
     for src in (f"eval/{cell}/metrics.json", f"eval/{cell}/per_prompt.csv"):
         shutil.copy2(run / "results" / src, point)
     shutil.copy2(run / f"results/drafts/{cell}/train_log.csv", point)
