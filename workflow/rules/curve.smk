@@ -65,8 +65,16 @@ rule learning_curve:
         metrics=lambda wc: [f"{d}/metrics.json" for d in curve_dirs()],
         logs=lambda wc: [f"{d}/train_log.csv" for d in curve_dirs()],
     output:
-        table=f"{R}/tables/learning_curve.csv",
-        plot=f"{R}/plots/learning_curve.png",
+        table=report(
+            f"{R}/tables/learning_curve.csv",
+            caption="../report/curve_table.rst",
+            category="Learning curve",
+        ),
+        plot=report(
+            f"{R}/plots/learning_curve.png",
+            caption="../report/curve_plot.rst",
+            category="Learning curve",
+        ),
     log:
         f"{R}/logs/learning_curve.log",
     params:

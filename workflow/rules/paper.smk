@@ -4,7 +4,12 @@ rule paper_figures:
         tau=f"{R}/tables/tau.csv",
         gains=f"{R}/tables/gains.csv",
     output:
-        dir=directory("paper_figures/generated"),
+        dir=report(
+            directory("paper_figures/generated"),
+            patterns=["{name}.png", "{name}.csv"],
+            caption="../report/paper.rst",
+            category="Paper figures",
+        ),
     log:
         f"{R}/logs/paper_figures.log",
     params:

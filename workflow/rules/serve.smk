@@ -34,7 +34,9 @@ rule served_plot:
     input:
         tau=f"{R}/tables/tau.csv",
     output:
-        plot=f"{R}/plots/served.png",
+        plot=report(
+            f"{R}/plots/served.png", caption="../report/served.rst", category="Served vs estimated"
+        ),
     log:
         f"{R}/logs/served_plot.log",
     conda:
