@@ -18,6 +18,7 @@ for the whole module on a tiny random Llama (vocabulary 128, head width 32, fp32
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +172,40 @@ def test_a_response_stops_after_eos_and_keeps_it(world):
         ended += response[-1] == world["stop"]
     print(f"\n{ended} of {N_GREEDY} responses ended at EOS {world['stop']}")
     assert ended >= 2
+
+
+def test_the_responses_job_writes_hf_rows_with_vllm(tmp_path):
+    """Stage ``responses`` with ``engine_generate: vllm`` (one engine, a CPU job) on a tiny
+    Llama with SmolLM2's tokenizer and chat template writes the rows HF's job writes for the
+    greedy split: the same prompt ids, responses cut after EOS and look-ahead through it."""
+    import json
+
+    import yaml
+    from tiny import save_tiny_chat_target
+
+    from specbench.jobs import Job, launch
+
+    root = Path(__file__).resolve().parents[1]
+    model = save_tiny_chat_target(tmp_path / "model", layers=2, hidden_size=128)  # 4 heads of 32
+    cfg = yaml.safe_load((root / "configs" / "smoke.yaml").read_text())
+    cfg.update(draft_archs=["eagle3"], losses=["kl"], domains=["general"], seeds=[0])
+    cfg["data"].update(train_prompts_per_domain=4, eval_prompts_per_domain=4,
+                       eval_new_tokens=16, generation_batch_size=3)  # fmt: skip
+    prompts = tmp_path / "prompts.json"
+    asked = ["Describe the sea.", "Why is the sky blue?", "What is 2+2?", "Write a haiku."]
+    prompts.write_text(json.dumps({"train": ["Say hello."] * 4, "eval": asked}))
+    rows = {}
+    for engine in ("hf", "vllm"):
+        cfg["targets"] = {"tiny": {"model": str(model), "dtype": "float32",
+                                   "engine_generate": engine}}  # fmt: skip
+        out = tmp_path / engine / "eval_t0.jsonl"
+        job = Job("responses", cfg, {"target": "tiny", "split": "eval_t0", "domain": "general"},
+                  {"prompts": str(prompts)}, {"responses": str(out)},
+                  params={"model": str(model)}, log=str(tmp_path / engine / "log"))  # fmt: skip
+        launch(job)
+        rows[engine] = [json.loads(x) for x in out.open()]
+    assert [r["prompt_ids"] for r in rows["vllm"]] == [r["prompt_ids"] for r in rows["hf"]]
+    for hf, vllm in zip(rows["hf"], rows["vllm"], strict=True):
+        assert len(vllm["response_ids"]) + len(vllm["lookahead_ids"]) == 16
+        assert (vllm["response_ids"], vllm["lookahead_ids"]) == (
+            hf["response_ids"], hf["lookahead_ids"]), vllm["prompt_index"]  # fmt: skip

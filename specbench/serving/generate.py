@@ -96,5 +96,7 @@ def vllm_generate(
     request = generation_request(
         model, prompt_ids, max_new_tokens, temperature, seed, eos, through_eos, dtype, gpus
     )
+    if log:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
     answer = run_vllm(request, timeout=7 * 24 * 3600.0, log=log)
     return [o["tokens"] for o in answer["outputs"]], answer
