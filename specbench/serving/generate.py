@@ -39,16 +39,17 @@ def require_serve_venv() -> None:
 
 
 def is_moe(model: str | Path) -> bool:
-    """Whether the target folder's config routes tokens to experts (expert parallelism)."""
-    import json
+    """Whether the target's config (its folder, or a hub id in the local cache) routes tokens
+    to experts: vLLM then spreads the experts over the GPUs (expert parallelism)."""
+    from transformers import AutoConfig
 
-    cfg_file = Path(model) / "config.json"
-    if not cfg_file.exists():
+    try:
+        cfg = AutoConfig.from_pretrained(str(model))
+    except (OSError, ValueError):  # no config to read: plain tensor parallelism
         return False
-    cfg = json.loads(cfg_file.read_text())
-    cfg = cfg.get("text_config", cfg)
+    cfg = cfg.get_text_config()
     keys = ("num_local_experts", "num_experts", "n_routed_experts")
-    return any(int(cfg.get(k) or 0) > 1 for k in keys)
+    return any(int(getattr(cfg, k, 0) or 0) > 1 for k in keys)
 
 
 def generation_request(
