@@ -10,7 +10,7 @@ job samples with its own seed, :func:`request_seed` of the job's seed (``name_se
 samples are other draws from the same distribution than HF's (``tests/test_generate_vllm.py``
 checks that distribution, vLLM's log-probabilities and greedy decoding against HF). A row of
 a split that stops at EOS has no ``lookahead_ids`` (HF's holds the padding its batch added
-after EOS, which nothing reads as tokens); ``eval_t0`` generates through EOS in both.
+after EOS: features with no loss on them); ``eval_t0`` generates through EOS in both.
 
 The engine runs in the serving venv (``make serve-env``) over the job's GPUs: tensor
 parallelism across all of them, and expert parallelism for MoE targets.
