@@ -37,6 +37,11 @@ ImportFormat = Literal[tuple(IMPORT_ARCHS)]  # type: ignore[valid-type]
 class TargetConfig(Strict):
     model: str  # hub id, local folder, or "gguf:<package>/<file>.gguf" (converted by the DAG)
     engine: Literal["hf", "zero3"] = "hf"
+    # what regenerates this target's responses (stages responses, responses_shard): HF's
+    # generate on the `engine` above, or vLLM in the serving venv (`make serve-env`; on a
+    # cluster the CUDA `vllm` package, docs/cluster.md) with tensor parallelism over the
+    # job's `gpus` and expert parallelism for MoE targets (specbench.serving.generate)
+    engine_generate: Literal["hf", "vllm"] = "hf"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gpus: int = Field(0, ge=0)
     zero3: dict[str, Any] = Field(default_factory=dict)

@@ -48,6 +48,29 @@ def test_a_targets_micro_batch_must_divide_the_batch_when_the_config_loads():
     assert load_config(cfg).train_for("llama31-8b").micro_batch_size == 8
 
 
+def test_engine_generate_is_hf_or_vllm_and_vllm_runs_the_responses_job_as_one_process():
+    """``engine_generate`` defaults to hf; anything but hf / vllm is refused, naming both; a
+    vllm target's responses job runs as one process holding all its GPUs (vLLM's workers)."""
+    from specbench.jobs import Job, starts_own_workers
+
+    cfg = raw()
+    target = next(iter(cfg["targets"]))
+    assert load_config(cfg).targets[target].engine_generate == "hf"
+    cfg["targets"][target]["engine_generate"] = "sglang"
+    with pytest.raises(ConfigError, match="engine_generate.*'hf'.*'vllm'"):
+        load_config(cfg)
+    cfg["targets"][target].update(engine_generate="vllm", gpus=4)
+    assert load_config(cfg).targets[target].engine_generate == "vllm"
+
+    def job(stage: str, config: dict) -> Job:
+        return Job(stage, config, {"target": target}, {}, {}, ranks=4, gpus=4)
+
+    assert starts_own_workers(job("responses", cfg))
+    assert starts_own_workers(job("responses_shard", cfg))
+    assert not starts_own_workers(job("features_train", cfg))
+    assert not starts_own_workers(job("responses", raw()))
+
+
 def test_unknown_nested_key_rejected():
     cfg = raw()
     cfg["train"]["learning_rate"] = 1e-3

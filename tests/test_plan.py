@@ -161,6 +161,35 @@ def test_the_cost_formulas_by_hand():
     assert forwards == 10_313 * 1025 and hours == pytest.approx(forwards * cost.FLOOR / 3600)
 
 
+def test_the_vllm_generation_formulas_by_hand():
+    """``vllm_generation_gpu_hours`` and ``kv_bytes_per_token`` against the module doc, by
+    hand, for Llama-3.3-70B's shape on 4 H100s (78 GiB each)."""
+    from transformers import LlamaConfig
+
+    from specbench.plan import cost
+
+    shape = LlamaConfig(num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                        head_dim=128, hidden_size=8192)  # fmt: skip
+    kv = 2 * 80 * 8 * 128 * 2  # K and V, 80 layers, 8 KV heads of 128, bf16: 327,680 B
+    assert cost.kv_bytes_per_token(shape, 4) == kv
+    assert cost.kv_bytes_per_token(shape, 16) == 2 * kv  # 8 KV heads on 16 ranks: twice
+    gpu = 78 * 2**30
+    c = cost.vllm_generation_gpu_hours(70.6e9, 70.6e9, 4, 660_000, 1024, 128, kv, 80, gpu, 162)
+    room = 4 * 0.9 * gpu - 2 * 70.6e9  # 160.3 GB of KV cache: 424 sequences of 1,152 tokens
+    assert room // (kv * 1152) == 424 and c.concurrency == 256  # capped at MAX_SEQS
+    read = (2 * 70.6e9 + 256 * kv * (128 + 512)) / (4 * 3.35e12 * 0.7)  # 0.0208 s
+    compute = 2 * 70.6e9 * 256 / (4 * 989e12 * 0.4)  # 0.0228 s: compute-bound at C = 256
+    assert read < compute
+    assert c.t_step == pytest.approx(compute + 2 * 80 * 15e-6)
+    assert c.steps == 2579 * 1024  # ⌈660000 / 256⌉ waves of 1,024 steps
+    prefill = 2 * 70.6e9 * 660_000 * 128 / (4 * 989e12 * 0.4)
+    assert c.prefill_s == pytest.approx(prefill)
+    hours = 4 * (c.steps * c.t_step + prefill + 162 * 300) / 3600
+    assert c.gpu_h == pytest.approx(hours) and 130 < hours < 140  # HF's formula: 1,036
+    # a target whose weights leave no room for one sequence's KV cache is not planned
+    assert cost.vllm_generation_gpu_hours(1.37e12, 37e9, 8, 1, 1024, 128, kv, 61, gpu) is None
+
+
 def test_the_workflow_refuses_a_matrix_that_does_not_fit_before_any_job(tmp_path):
     """``onstart``: the planner's check runs before Snakemake submits anything; a group
     job over its GPU's memory stops the run with the planner's one line, no job started."""

@@ -115,3 +115,28 @@ def test_full_vocabulary_eagle3_exports_no_vocabulary_maps(tmp_path):
     back = load_external("speculators", out, info)
     for name, value in draft.state_dict().items():
         assert torch.equal(back.state_dict()[name], value), name
+
+
+def test_a_vllm_generation_request_without_vllm(monkeypatch, tmp_path):
+    """What the responses stage asks vLLM for: tensor parallel over the job's GPUs, expert
+    parallel for a MoE on several, CUDA graphs only on GPUs, one seed per prompt, EOS as the
+    stop (none through EOS); and the missing venv's error before anything loads."""
+    from tiny import tiny_deepseek_v3_config, tiny_llama
+
+    from specbench.serving import generate as gen
+
+    tiny_llama().save_pretrained(tmp_path / "dense")
+    tiny_deepseek_v3_config().save_pretrained(tmp_path / "moe")
+    assert not gen.is_moe(tmp_path / "dense") and gen.is_moe(tmp_path / "moe")
+    assert not gen.is_moe(tmp_path / "nowhere")
+    moe = gen.generation_request(tmp_path / "moe", [[1, 2], [3]], 8, 1.0, 5, eos=2, gpus=8)
+    assert (moe["tensor_parallel_size"], moe["enable_expert_parallel"]) == (8, True)
+    assert moe["seeds"] == [5 * 1_000_003, 5 * 1_000_003 + 1] and not moe["enforce_eager"]
+    assert moe["stop_token_ids"] == [2] and moe["ignore_eos"] is False
+    one = gen.generation_request(tmp_path / "moe", [[1]], 8, 0.0, 5, eos=2, gpus=1)
+    assert (one["tensor_parallel_size"], one["enable_expert_parallel"]) == (1, False)
+    cpu = gen.generation_request(tmp_path / "dense", [[1]], 8, 0.0, 5, eos=2, through_eos=True)
+    assert (cpu["tensor_parallel_size"], cpu["enforce_eager"], cpu["ignore_eos"]) == (1, True, True)
+    monkeypatch.setenv(client.VENV_VARIABLE, str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="engine_generate: vllm.*make serve-env"):
+        gen.vllm_generate(tmp_path / "dense", [[1]], 8, 1.0, 0, eos=2)

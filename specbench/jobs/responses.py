@@ -15,6 +15,11 @@ training prompts leaves the existing shards' responses as they were), and one sh
 the unsharded job. Changing S changes every response (the batches and seeds move), not
 their distribution. An empty shard (fewer prompts than planned: eval overlap dropped, or a
 source with ``allow_fewer``) writes an empty file without loading the target.
+
+With ``targets.<name>.engine_generate: vllm`` the job is one process (not one rank per GPU):
+vLLM answers all its prompts with tensor parallelism over the job's GPUs
+(:mod:`specbench.serving.generate`): the same rows, prompts and EOS cut, each prompt sampled
+with its own seed derived from the job's.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from specbench.dist import gather_to_rank0
 from specbench.io import atomic_write_text, progress
 from specbench.jobs import Job
 from specbench.jobs.common import start
+from specbench.serving.generate import require_serve_venv, vllm_generate
 from specbench.targets.loading import load_tokenizer
 
 
@@ -51,12 +57,27 @@ def run(job: Job) -> None:
             ctx.say(f"shard {shard}: no prompts from {offset} on (an empty file)")
             return
         ctx.say(f"shard {shard}: prompts {offset}..{offset + len(prompts) - 1}")
+    target = ctx.target_config
+    if target.engine_generate == "vllm":
+        require_serve_venv()  # before anything loads: the fix is `make serve-env`
     tok = load_tokenizer(job.params["model"])
-    model = ctx.target()
     ids = [chat_prompt_ids(tok, p, cfg.data.max_prompt_tokens) for p in prompts]
     temperature = cfg.data.train_temperature if split.temperature is None else split.temperature
     new_tokens = cfg.data.train_new_tokens if split.is_train else cfg.data.eval_new_tokens
     t0 = time.time()
+    if target.engine_generate == "vllm":  # one process; vLLM's workers span the job's GPUs
+        responses, answer = vllm_generate(
+            job.params["model"], ids, new_tokens, temperature, seed, tok.eos_token_id,
+            through_eos=split.through_eos, dtype=target.dtype, gpus=job.gpus,
+            log=Path(job.log).with_suffix(".vllm.log") if job.log else None,
+        )  # fmt: skip
+        ctx.say(
+            f"vLLM {answer.get('vllm_version')}: loaded in {answer.get('load_seconds', 0):.0f}s"
+            f", generated in {answer.get('generate_seconds', 0):.0f}s on {job.gpus} GPUs"
+        )
+        write_rows(out, offset, ids, responses, tok.eos_token_id, ctx, temperature, t0)
+        return
+    model = ctx.target()
     mine = generate_responses(
         model,
         tok,
@@ -78,8 +99,13 @@ def run(job: Job) -> None:
     responses = [next((p[i] for p in parts if p[i] is not None), None) for i in range(len(ids))]
     if None in responses:  # a bug in the sharding, never a user error: fail loudly
         raise RuntimeError(f"no rank generated prompt {responses.index(None)}")
+    write_rows(out, offset, ids, responses, tok.eos_token_id, ctx, temperature, t0)
+
+
+def write_rows(out, offset, ids, responses, eos, ctx, temperature, t0) -> None:
+    """The responses file: one row per prompt, its response cut after the first EOS."""
     rows = [
-        ResponseRow(offset + i, p, *split_at_eos(resp, tok.eos_token_id))
+        ResponseRow(offset + i, p, *split_at_eos(resp, eos))
         for i, (p, resp) in enumerate(zip(ids, responses, strict=True))
     ]
     write_responses(out, rows)

@@ -52,10 +52,11 @@ def plan(config: dict, gpu_gib: float, log=print) -> list[str]:
         "       host  jobs  h/job    GPU-h")  # fmt: skip
     total_h = 0.0
     params: dict[str, tuple[float, float]] = {}  # target -> (total, active) parameters
+    shapes = {}
     for name, t in cfg.targets.items():
         shape = target_config(t.model)
         if shape is not None:
-            params[name] = cost.target_params(shape)
+            params[name], shapes[name] = cost.target_params(shape), shape
         for arch in cfg.archs_for(name):
             label = f"{name}/{arch}"
             if shape is None:
@@ -67,7 +68,7 @@ def plan(config: dict, gpu_gib: float, log=print) -> list[str]:
             if row["refusal"]:
                 refusals.append(row["refusal"])
     log(f"training: {total_h:,.0f} GPU-h")
-    regeneration(cfg, n, params, log)
+    regeneration(cfg, n, params, log, shapes, gpu_gib)
     return refusals
 
 
@@ -134,11 +135,18 @@ def zero3_of(target) -> dict | None:
     return target.zero3 if target.engine == "zero3" else None
 
 
-def regeneration(cfg, n: int, params: dict[str, tuple[float, float]], log=print) -> None:
+def regeneration(
+    cfg, n: int, params: dict[str, tuple[float, float]], log=print, shapes=None,
+    gpu_gib: float = GPU_GIB["h100"],
+) -> dict[str, float]:  # fmt: skip
     """GPU-hours of regenerating the training responses, per target that has to (``params``:
-    the (total, active) parameters of each target whose shape is known)."""
-    log(f"\n{'target':26s} GPUs  forwards/rank    GPU-h   (regenerated training responses)")
-    hours = 0.0
+    the (total, active) parameters of each target whose shape is known): with HF's generate
+    and with vLLM (where ``shapes`` are given; on GPUs of ``gpu_gib``), and with the engine
+    each target's ``engine_generate`` picks. Returns the three totals."""
+    log(f"\n{'target':26s} GPUs  forwards/rank   HF GPU-h    vLLM: C  s/step   GPU-h  engine"
+        "   (regenerated training responses)")  # fmt: skip
+    totals = {"hf": 0.0, "vllm": 0.0, "configured": 0.0}
+    shards = cfg.data.response_shard_prompts
     for name, t in cfg.targets.items():
         if name not in params or t.train_completions:  # released completions: not generated
             continue
@@ -149,9 +157,32 @@ def regeneration(cfg, n: int, params: dict[str, tuple[float, float]], log=print)
             total, active, gather, ranks, n, cfg.data.generation_batch_size,
             cfg.data.train_new_tokens,
         )  # fmt: skip
-        hours += h
-        log(f"{name:26s} {ranks:4d} {forwards:15,d} {h:8,.0f}")
-    log(f"regenerated responses: {hours:,.0f} GPU-h")
+        v = None
+        if shapes and name in shapes:
+            width = 4 if t.dtype == "float32" else 2
+            v = cost.vllm_generation_gpu_hours(
+                total, active, ranks, n, cfg.data.train_new_tokens, PROMPT_TOKENS,
+                cost.kv_bytes_per_token(shapes[name], ranks, width),
+                shapes[name].num_hidden_layers, gpu_gib * GiB,
+                jobs=-(-n // shards) if shards else 1, width=width,
+            )  # fmt: skip
+        vh = v.gpu_h if v else h  # vLLM cannot hold it: HF's (ZeRO-3) is what runs
+        chosen = vh if t.engine_generate == "vllm" else h
+        totals["hf"] += h
+        totals["vllm"] += vh
+        totals["configured"] += chosen
+        vcells = (
+            f"{v.concurrency:8d} {v.t_step:7.3f} {v.gpu_h:7,.0f}"
+            if v
+            else f"{'does not fit ' + str(ranks) + ' GPUs':>24s}"
+        )
+        log(f"{name:26s} {ranks:4d} {forwards:15,d} {h:9,.0f}  {vcells}  {t.engine_generate}")
+    log(
+        f"regenerated responses: {totals['configured']:,.0f} GPU-h with each target's "
+        f"engine_generate (all HF: {totals['hf']:,.0f}; vLLM where it fits: "
+        f"{totals['vllm']:,.0f})"
+    )
+    return totals
 
 
 def check(config: dict, log=print) -> list[str]:

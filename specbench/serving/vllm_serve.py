@@ -12,6 +12,12 @@ ids, the new tokens per prompt, a seed and the temperatures to run (one engine, 
 ``samples`` > 1), the generated token ids and vLLM's own per-request spec-decode counters
 (``per_request_spec_decode_metrics="detailed"``: accepted and drafted tokens of every
 verification step), plus the engine-wide counters of ``LLM.get_metrics`` that run added.
+
+A request with ``"mode": "generate"`` is plain generation instead (no draft; the ``responses``
+stage with ``engine_generate: vllm``, :func:`generate`): the target answers every prompt once
+at one temperature with its own per-request seed, over ``tensor_parallel_size`` GPUs
+(``enable_expert_parallel`` for MoE targets), and the answer holds each prompt's tokens (and
+vLLM's log-probabilities of them where ``logprobs`` asks).
 """
 
 from __future__ import annotations
@@ -159,12 +165,89 @@ def serve(req: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def generation_engine(req: dict[str, Any]):
+    """One vLLM engine for plain generation, sized for the request's longest sequence."""
+    from vllm import LLM
+
+    longest = max(len(p) for p in req["prompts"]) + req["max_new_tokens"] + 8
+    extra = {}
+    if req.get("tensor_parallel_size", 1) > 1:
+        extra["tensor_parallel_size"] = int(req["tensor_parallel_size"])
+    if req.get("enable_expert_parallel"):
+        extra["enable_expert_parallel"] = True
+    return LLM(
+        model=req["target"],
+        dtype=req.get("dtype", "float32"),
+        seed=int(req.get("seed", 0)),
+        max_model_len=req.get("max_model_len") or longest,
+        generation_config="vllm",  # no sampling defaults from the target's files
+        enforce_eager=bool(req.get("enforce_eager", True)),
+        skip_tokenizer_init=not has_tokenizer(req["target"]),
+        **extra,
+    )
+
+
+def generation_params(req: dict[str, Any], temperature: float, seed: int, through: bool):
+    """One prompt's sampling: the raw distribution at ``temperature`` (no top-k / top-p, no
+    penalties), greedy at 0; it stops after emitting ``stop_token_ids`` (EOS, kept) unless the
+    prompt generates through it (``through``: all ``max_new_tokens``). No ``min_tokens``:
+    vLLM would mask the stop tokens' logits, and HF's look-ahead samples them unmasked."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        temperature=float(temperature),
+        top_p=1.0,
+        max_tokens=req["max_new_tokens"],
+        seed=seed,
+        detokenize=False,
+        ignore_eos=True,  # EOS is ours to name: the tokenizer's (stop_token_ids), as in HF
+        stop_token_ids=[] if through else list(req.get("stop_token_ids") or []),
+        include_stop_str_in_output=True,
+        logprobs=req.get("logprobs"),
+    )
+
+
+def generate(req: dict[str, Any], llm=None) -> dict[str, Any]:
+    """Plain generation: every prompt's tokens (and their log-probabilities) at ``temperature``
+    (or prompt ``i`` at ``temperatures[i]``; ``ignore_eos`` likewise one or one per prompt),
+    prompt ``i`` sampled with ``seeds[i]`` (its own random stream: batching does not move it)."""
+    t0 = time.perf_counter()
+    llm = llm or generation_engine(req)
+    load_seconds = time.perf_counter() - t0
+    prompts = [{"prompt_token_ids": list(p)} for p in req["prompts"]]
+    temps = req.get("temperatures") or [req["temperature"]] * len(prompts)
+    through = req.get("ignore_eos", False)  # one for all, or one per prompt
+    through = through if isinstance(through, list) else [through] * len(prompts)
+    params = [
+        generation_params(req, float(t), int(s), bool(e))
+        for t, s, e in zip(temps, req["seeds"], through, strict=True)
+    ]
+    t1 = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - t1
+    records = []
+    for out in outputs:
+        c = out.outputs[0]
+        rec: dict[str, Any] = {"tokens": [int(t) for t in c.token_ids]}
+        if req.get("logprobs") is not None and c.logprobs is not None:
+            rec["logprobs"] = [
+                {str(t): float(lp.logprob) for t, lp in step.items()} for step in c.logprobs
+            ]
+        records.append(rec)
+    return {
+        "vllm_version": __import__("vllm").__version__,
+        "outputs": records,
+        "load_seconds": load_seconds,
+        "generate_seconds": seconds,
+    }
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise SystemExit("usage: vllm_serve.py REQUEST.json ANSWER.json")
     with open(argv[0]) as f:
         req = json.load(f)
-    answer = serve(req)
+    answer = generate(req) if req.get("mode") == "generate" else serve(req)
     with open(argv[1] + ".tmp", "w") as f:
         json.dump(answer, f)
     os.replace(argv[1] + ".tmp", argv[1])
