@@ -42,6 +42,7 @@ def _point(root: Path, steps: int, data: float, tau_sum: float) -> Path:
     ]  # fmt: skip
     pd.DataFrame(rows).to_csv(d / "per_prompt.csv", index=False)
     log = pd.DataFrame({"step": range(steps), "alpha_1": 0.3, "tokens": 100})
+    log["seconds"] = 0.5 * (log["step"] + 1)  # cumulative, as the trainer logs it
     log.to_csv(d / "train_log.csv", index=False)
     return d
 
@@ -59,6 +60,7 @@ def test_curve_table_and_plot(tmp_path):
     assert t1.loc[(20, 1.0), "tau_unbiased"] == pytest.approx(1.5)
     assert t1.loc[(10, 1.0), "tokens_seen"] == 1000 and t1.loc[(10, 1.0), "epochs"] == 2.0
     assert t1.loc[(20, 0.5), "epochs"] == pytest.approx(2000 / 250)
+    assert t1.loc[(20, 1.0), "train_seconds"] == 10.0  # the last cumulative time
     assert table[table["temperature"] == 0]["tau_unbiased"].isna().all()
     assert out[1].read_bytes()[:4] == b"\x89PNG"
 

@@ -26,7 +26,8 @@ POINT = re.compile(r"steps(?P<steps>\d+)_data(?P<data>[0-9.]+)$")
 
 
 def curve_table(point_dirs: list[str | Path], train_tokens: int | None = None) -> pd.DataFrame:
-    """One row per (point, temperature): steps, data share, tokens seen, τ by measure.
+    """One row per (point, temperature): steps, data share, tokens seen, training seconds,
+    τ by measure and MBSU (means over domains).
 
     ``train_tokens``: response tokens of the whole training cache (for ``epochs``).
     """
@@ -44,6 +45,11 @@ def curve_table(point_dirs: list[str | Path], train_tokens: int | None = None) -
                 "tokens_seen": int(log["tokens"].sum()),
                 "temperature": int(temperature),
                 "train_alpha_1_last10": float(log["alpha_1"].tail(10).mean()),
+                # wall time of its training (the log's seconds are cumulative), and the draft's
+                # cost: equal-time comparisons of drafts that cost differently per step
+                "train_seconds": float(log["seconds"].iloc[-1]),
+                "cost_ratio": float(g["cost_ratio"].iloc[0]),
+                "mbsu": float(g["mbsu"].mean()),
             }
             if train_tokens:
                 row["epochs"] = row["tokens_seen"] / (train_tokens * row["data_fraction"])
