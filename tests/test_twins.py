@@ -21,7 +21,7 @@ from tiny import REAL, TWINS, build_twin, save_twin
 from specbench.config import Config, load_config
 from specbench.decoding.speculative import speculative_decode, target_decode
 from specbench.drafts import build_draft, load_draft
-from specbench.drafts.align import align, usable_k
+from specbench.drafts.align import align, training_k, usable_k
 from specbench.features.cache import FeatureCache, Sequence, save_cache
 from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
@@ -34,6 +34,10 @@ pytestmark = pytest.mark.twins
 PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
 CFG: Config = load_config(yaml.safe_load(PAPER.read_text()))
 PAIRS = [(name, arch) for name in CFG.targets for arch in CFG.archs_for(name)]
+# draft_lm's pretrained drafters (hub ids), each tested through its own twin
+DRAFTERS = sorted({
+    CFG.hparams_for(t, a)["model"] for t, a in PAIRS if CFG.hparams_for(t, a).get("model")
+})  # fmt: skip
 NEW_TOKENS = 12  # per decoding round
 
 
@@ -82,7 +86,7 @@ def twins(tmp_path_factory):
 
 def test_every_paper_target_has_a_twin():
     assert PAIRS, "configs/paper.yaml lists no (target, architecture) pair"
-    missing = {t.model for t in CFG.targets.values()} - set(TWINS)
+    missing = {t.model for t in CFG.targets.values()} - set(TWINS) | set(DRAFTERS) - set(TWINS)
     assert not missing, f"no tiny twin for {sorted(missing)} (tests/tiny.py)"
 
 
@@ -134,15 +138,38 @@ def test_twin_keeps_the_real_quirks(target, twins):
     assert twin.info.head_dim == getattr(twin.model.config, "head_dim", None)
 
 
+@pytest.mark.parametrize("drafter", DRAFTERS)
+def test_drafter_twin_keeps_the_real_quirks(drafter, tmp_path):
+    model = build_twin(TWINS[drafter]())
+    twin = Twin(model, target_info_from_model(model), TargetRunner(model), {}, torch.tensor([]))
+    assert quirks(twin_summary(twin)) == quirks(REAL[drafter])
+
+
+@pytest.fixture(scope="module")
+def drafters(tmp_path_factory):
+    """A pretrained drafter's hub id -> its twin, saved (the tokenizer of its target's twin)."""
+    made: dict[str, str] = {}
+
+    def get(model_id: str) -> str:
+        if model_id not in made:
+            folder = tmp_path_factory.mktemp("drafter")
+            made[model_id] = str(save_twin(build_twin(TWINS[model_id](), seed=5), folder))
+        return made[model_id]
+
+    return get
+
+
 @pytest.mark.parametrize("target, arch", PAIRS, ids=[f"{t}-{a}" for t, a in PAIRS])
-def test_pair_trains_decodes_and_round_trips(target, arch, twins, tmp_path):
+def test_pair_trains_decodes_and_round_trips(target, arch, twins, drafters, tmp_path):
     twin = twins(target)
-    info, hparams = twin.info, CFG.arch_hparams.get(arch, {})
+    info, hparams = twin.info, dict(CFG.hparams_for(target, arch))
+    if hparams.get("model"):  # draft_lm from a pretrained sibling: its twin
+        hparams["model"] = drafters(hparams["model"])
     torch.manual_seed(0)
     draft = build_draft(arch, info, **hparams)
 
     # one training step, as the trainer takes it
-    k = usable_k(draft, CFG.train.k)
+    k = training_k(draft, CFG.train.k)
     t2d = target_to_draft_map(info.draft_to_target, info.vocab_size)
     st = align(draft.train(), twin.batch, k, t2d, torch.Generator().manual_seed(1))
     assert st.logits.shape[-2:] == (k, info.draft_vocab_size) and st.mask.any()

@@ -253,14 +253,57 @@ def deepseek_v3() -> PretrainedConfig:
     )
 
 
-def _llama3_rope(original: int) -> dict:
+def _llama3_rope(original: int, factor: float = 8.0) -> dict:
     return {
         "rope_type": "llama3",
-        "factor": 8.0,
+        "factor": factor,
         "low_freq_factor": 1.0,
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": original,
     }
+
+
+# -- twins of draft_lm's pretrained drafters (same tokenizer as their targets' twins) ---------
+
+
+def llama32_1b() -> PretrainedConfig:
+    """meta-llama/Llama-3.2-1B-Instruct: hidden 2048, 16 layers, 32 heads, 8 kv heads (GQA 4),
+    head_dim 64 (= 2048/32), FFN 8192, vocab 128256 (Llama 3's tokenizer), tied embeddings,
+    rope_theta 5e5 with llama3 scaling (factor 32, original 8192), rms_norm_eps 1e-5."""
+    return LlamaConfig(
+        vocab_size=TWIN_VOCAB,
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        rope_theta=500000.0,
+        rope_scaling=_llama3_rope(original=16, factor=32.0),
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    )
+
+
+def qwen3_06b() -> PretrainedConfig:
+    """Qwen/Qwen3-0.6B: hidden 1024, 28 layers, 16 heads of head_dim 128 (≠ 1024/16 = 64),
+    8 kv heads (GQA 2), per-head q/k RMSNorm, FFN 3072, vocab 151936 (Qwen3's tokenizer),
+    tied embeddings, rope_theta 1e6, rms_norm_eps 1e-6."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=TWIN_VOCAB,
+        hidden_size=32,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rope_theta=1000000.0,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    )
 
 
 # The real configs' values a draft depends on (config.json of each hub repo), so a test can
@@ -293,6 +336,16 @@ REAL: dict[str, dict] = {
         num_key_value_heads=128, head_dim=64, tie_word_embeddings=False, rope_type="yarn",
         experts=256, top_k=8, layer_types=None, sinks=False, mla=True,
     ),
+    "meta-llama/Llama-3.2-1B-Instruct": dict(
+        model_type="llama", hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
+        head_dim=64, tie_word_embeddings=True, rope_type="llama3", experts=0, top_k=0,
+        layer_types=None, sinks=False, mla=False,
+    ),
+    "Qwen/Qwen3-0.6B": dict(
+        model_type="qwen3", hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
+        head_dim=128, tie_word_embeddings=True, rope_type="default", experts=0, top_k=0,
+        layer_types=None, sinks=False, mla=False,
+    ),
 }  # fmt: skip
 
 TWINS: dict[str, Callable[[], PretrainedConfig]] = {
@@ -302,6 +355,8 @@ TWINS: dict[str, Callable[[], PretrainedConfig]] = {
     "openai/gpt-oss-120b": lambda: gpt_oss(experts=128, layers=6),
     "Qwen/Qwen3-235B-A22B-Instruct-2507": qwen3_235b,
     "deepseek-ai/DeepSeek-V3-0324": deepseek_v3,
+    "meta-llama/Llama-3.2-1B-Instruct": llama32_1b,
+    "Qwen/Qwen3-0.6B": qwen3_06b,
 }
 
 
