@@ -112,7 +112,12 @@ def world(tmp_path_factory):
         autocast="none",
     )
     drafts = {}
-    for arch, hp in (("eagle3", {"intermediate_size": 2 * D}), ("medusa", {"num_heads": K})):
+    archs = (
+        ("eagle3", {"intermediate_size": 2 * D}),
+        ("medusa", {"num_heads": K}),
+        ("draft_lm", {"layers": 2}),  # the target's first 2 layers, served as draft_model
+    )
+    for arch, hp in archs:
         torch.manual_seed(0)
         draft = build_draft(arch, info, **hp)
         train_draft(draft, build_loss("kl"), source, settings, 0, log=lambda *a: None)
@@ -167,17 +172,17 @@ def served(world):
     return get
 
 
-def estimate(world, greedy_draft: bool) -> tuple[float, float]:
-    """EAGLE-3's branch-verified T=1 τ (± SE) on the T=1 responses of the eval prompts."""
-    draft, cache = world["drafts"]["eagle3"], FeatureCache(world["t1"])
+def estimate(world, greedy_draft: bool, arch: str = "eagle3") -> tuple[float, float]:
+    """A draft's branch-verified T=1 τ (± SE) on the T=1 responses of the eval prompts."""
+    draft, cache = world["drafts"][arch], FeatureCache(world["t1"])
     st = unbiased_tau_by_prompt(draft, cache, world["runner"], K, 0, greedy_draft=greedy_draft)
     sums = [s.tau_unbiased_sum for s in st.values()]
     return ratio_of_sums_se(pd.Series(sums), pd.Series([s.anchors for s in st.values()]))
 
 
-@pytest.mark.parametrize("arch", ["eagle3", "medusa"])
+@pytest.mark.parametrize("arch", ["eagle3", "medusa", "draft_lm"])
 def test_served_t0_equals_the_replay_where_continuations_agree(world, served, arch):
-    if arch == "eagle3":  # the engine the T=1 test uses too
+    if arch in ("eagle3", "draft_lm"):  # the engine the T=1 tests use too
         df = served(arch, "probabilistic", [0, 1], samples=SAMPLES)
     else:
         df = served(arch, None, [0])
@@ -218,3 +223,14 @@ def test_vllm_cpu_t1_collapses_without_the_fix(world, served):
     )
     print(f"\nT=1 probabilistic: vLLM as shipped {broken[0]:.3f}, with the fix {fixed[0]:.3f}")
     assert broken[0] < fixed[0] - 3 * (broken[1] ** 2 + fixed[1] ** 2) ** 0.5
+
+
+def test_served_draft_model_t1_agrees_with_the_unbiased_estimate(world, served):
+    """draft_lm served as vLLM's ``draft_model`` with exact speculative sampling: served τ
+    agrees with its ``tau_unbiased`` (same stand-in for the CPU expand kernel)."""
+    df = served("draft_lm", "probabilistic", [0, 1], samples=SAMPLES)
+    tau, se = served_tau(df[df["temperature"] == 1])
+    est, est_se = estimate(world, greedy_draft=False, arch="draft_lm")
+    print(f"\ndraft_lm T=1: served {tau:.3f} ± {se:.3f}, estimate {est:.3f} ± {est_se:.3f}")
+    assert tau > 1.05, "too few accepted drafts to compare anything"
+    assert abs(tau - est) < 3 * (se**2 + est_se**2) ** 0.5
