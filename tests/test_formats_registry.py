@@ -39,9 +39,10 @@ def test_the_config_and_the_workflow_name_the_registered_formats():
 
     from specbench.config import ImportFormat
 
-    assert set(get_args(ImportFormat)) == set(IMPORT_ARCHS) == {"speculators", "sglang", "vllm"}
+    assert set(get_args(ImportFormat)) == set(IMPORT_ARCHS) == {"speculators", "sglang", "transformers", "vllm"}
     assert IMPORT_ARCHS["vllm"] == ("medusa", "mlp_speculator")
-    assert FORMATS == ["mtp", "sglang", "speculators", "vllm"]
+    assert IMPORT_ARCHS["transformers"] == ("draft_lm",)
+    assert FORMATS == ["mtp", "sglang", "speculators", "transformers", "vllm"]
 
 
 @pytest.fixture
