@@ -39,7 +39,8 @@ def test_the_config_and_the_workflow_name_the_registered_formats():
 
     from specbench.config import ImportFormat
 
-    assert set(get_args(ImportFormat)) == set(IMPORT_ARCHS) == {"speculators", "sglang", "transformers", "vllm"}
+    readable = {"speculators", "sglang", "transformers", "vllm"}
+    assert set(get_args(ImportFormat)) == set(IMPORT_ARCHS) == readable
     assert IMPORT_ARCHS["vllm"] == ("medusa", "mlp_speculator")
     assert IMPORT_ARCHS["transformers"] == ("draft_lm",)
     assert FORMATS == ["mtp", "sglang", "speculators", "transformers", "vllm"]

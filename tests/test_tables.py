@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from specbench.aggregation.tables import gains_markdown, gains_table, tau_table
+from specbench.aggregation.tables import gains_markdown, gains_table, headline, tau_table
 from specbench.artifacts import EvalMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,9 @@ def test_tau_counts_the_bonus_token_and_gains_are_paired():
     tau = tau_table(pp).set_index("loss")
     assert tau.loc["kl", "tau_live"] == 1 + 30 / 30  # (accepted + 1) per round
     assert tau.loc["kl", "tau_expected"] == 60.0 / 30
-    assert tau.loc["lk_lambda", "mbsu"] == tau.loc["lk_lambda", "tau_live"] / (2 * 0.1 + 1)
+    row = tau.loc["lk_lambda"].dropna()  # MBSU takes the headline τ that was measured
+    lead = headline(int(row["temperature"]), row.index)
+    assert tau.loc["lk_lambda", "mbsu"] == tau.loc["lk_lambda", lead] / (2 * 0.1 + 1)
     assert tau.loc["kl", "a_1"] == (6 + 7 + 5) / 30
     gains = gains_table(pp, "kl", n_boot=200)
     row = gains.iloc[0]

@@ -87,8 +87,11 @@ def tau_table(pp: pd.DataFrame) -> pd.DataFrame:
         if "in_vocab" in g:
             row["vocab_coverage"] = float(g["in_vocab"].sum() / max(row["n_positions"], 1))
         # MBSU (mean block-size utilisation, SPEC §4): τ per unit of verification cost,
-        # τ / (K·c + 1) with c = draft FLOPs per step / target FLOPs per token; 1 = target alone
-        row["mbsu"] = row["tau_live"] / (k * row["cost_ratio"] + 1)
+        # τ / (K·c + 1) with c = draft FLOPs per step / target FLOPs per token; 1 = target
+        # alone. τ is the temperature's headline (the unbiased estimate at T=1, not the few
+        # live prompts; the exact replay at T=0)
+        lead = headline(row["temperature"], [n for n in row if pd.notna(row[n])])
+        row["mbsu"] = row[lead] / (k * row["cost_ratio"] + 1)
         for j in range(1, k + 1):  # conditional acceptance a_j = accepted_j / reached_j
             reached = g.get(f"reached_{j}", pd.Series(dtype=float)).fillna(0).sum()
             acc = g.get(f"accepted_{j}", pd.Series(dtype=float)).fillna(0).sum()
