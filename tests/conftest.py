@@ -58,3 +58,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# `make test` runs the suite on 2 xdist workers (`-n 2 --dist loadgroup`): the tests that share
+# the session's smoke run stay on one worker (it runs once), and the vLLM engines run one at a
+# time (each reserves its own KV-cache memory)
+XDIST_GROUPS = {"smoke_local": "smoke"}  # fixture -> group
+XDIST_MARK_GROUPS = {"served": "vllm"}  # marker -> group
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        group = next((g for f, g in XDIST_GROUPS.items() if f in names), None)
+        group = group or next(
+            (g for m, g in XDIST_MARK_GROUPS.items() if item.get_closest_marker(m)), None
+        )
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
