@@ -163,7 +163,7 @@ def tvdpp_reference(ref: pd.DataFrame, gamma: int = TVDPP_GAMMA) -> pd.DataFrame
     the tasks that have both. Rows without a loss (the abstract's "up to 2.3") are levels,
     not a comparison: :func:`tvdpp_headlines`."""
     cols = ["loss", "temperature", "paper_gain_pct", "paper_tasks", "paper_block_efficiency"]
-    need = {"loss", "task", "gamma", "temperature", "block_efficiency"}
+    need = {"target", "loss", "task", "gamma", "temperature", "block_efficiency"}
     if ref.empty or not need <= set(ref):
         return pd.DataFrame(columns=cols)
     r = ref.dropna(subset=["block_efficiency", "loss"]).copy()
