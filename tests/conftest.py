@@ -64,7 +64,8 @@ def one_thread():
 # the session's smoke run stay on one worker (it runs once), and the vLLM engines run one at a
 # time (each reserves its own KV-cache memory)
 XDIST_GROUPS = {"smoke_local": "smoke"}  # fixture -> group
-XDIST_MARK_GROUPS = {"served": "vllm"}  # marker -> group
+# the planner's validation prints a table the module's other tests fill: one worker, in order
+XDIST_MARK_GROUPS = {"served": "vllm", "plan": "plan"}  # marker -> group
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids

@@ -17,7 +17,7 @@ from specbench.plan.trace import profiled_peak
 pytestmark = [pytest.mark.plan, pytest.mark.usefixtures("one_thread")]
 
 HPARAMS = {"eagle3": {"intermediate_size": 512}, "medusa": {"num_heads": 3},
-           "mlp_speculator": {"num_stages": 3}}  # fmt: skip
+           "mlp_speculator": {"num_stages": 3}, "draft_lm": {"layers": 2}}  # fmt: skip
 # (architecture, TTT steps recomputed in backward, as on a GPU): "eagle3+recompute"
 CASES = {**{arch: (arch, False) for arch in HPARAMS}, "eagle3+recompute": ("eagle3", True)}
 SHAPES = [  # hidden, vocab, draft vocab, batch, length, K

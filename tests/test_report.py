@@ -39,6 +39,8 @@ CAPTIONED = {
     "block_interventions.png": "Paper figures",
     "released_drafts.png": "Paper figures",
     "released_drafts.csv": "Paper figures",
+    "tvdpp_vs_paper.png": "Paper figures",
+    "tvdpp_vs_paper.csv": "Paper figures",
 }
 
 
@@ -150,5 +152,8 @@ def test_the_report_holds_every_captioned_result_in_its_category(report):
     # one caption file for the paper figures, specific to each figure
     assert "model card" in by_name["released_drafts.png"]
     assert "Block-diffusion" in by_name["block_interventions.png"]
+    assert (
+        "TVD++" in by_name["tvdpp_vs_paper.png"] and "bonus token" in by_name["tvdpp_vs_paper.png"]
+    )
     desc = _script_json(report, "workflow_desc")
     assert "bonus token" in desc and "smoke" in desc  # the top-level description, the config note

@@ -222,3 +222,92 @@ def test_block_figure_matches_our_bars_to_the_papers_by_loss_name():
         assert table.loc["kl+dpace", "our_tau"] == 1.5 and pd.isna(
             table.loc["kl+dpace", "paper_tau"]
         )
+
+
+def _tvdpp_reference(folder: Path) -> Path:
+    """A reference folder: the shipped files, and a TVD++ table of two tasks at γ = 3 (and a
+    γ = 5 row and the abstract's loss-less "up to" level, neither of them compared)."""
+    folder.mkdir()
+    for name in ("lk_losses_tau.csv", "block_diffusion_tau.csv", "released_drafts_tau.csv"):
+        (folder / name).write_text((REFERENCE / name).read_text())
+    rows = [("kl", "a", 3, 0, 2.0), ("tv", "a", 3, 0, 2.1), ("tvdpp", "a", 3, 0, 2.2),
+            ("kl", "b", 3, 0, 1.5), ("tv", "b", 3, 0, 1.65), ("tvdpp", "b", 3, 0, 1.8),
+            ("kl", "a", 5, 0, 2.0), ("tvdpp", "a", 5, 0, 3.0)]  # fmt: skip
+    ref = pd.DataFrame(rows, columns=["loss", "task", "gamma", "temperature", "block_efficiency"])
+    ref.insert(0, "target", "meta-llama/Llama-2-7b-chat-hf")
+    head = dict(target=ref["target"][0], loss=None, task=None, gamma=None, temperature=None,
+                block_efficiency=2.3, note="up to")  # fmt: skip
+    pd.concat([ref, pd.DataFrame([head])]).to_csv(
+        folder / "tvdpp_block_efficiency.csv", index=False
+    )
+    return folder
+
+
+def _gain_rows(loss: str, arch: str, by_temp: dict[int, list[tuple[float, float, float]]]):
+    """gains.csv rows: per temperature, per domain (general, code) the headline measure's
+    (gain, CI low, CI high); tau_expected's gain set to 99 so that using it shows."""
+    rows = []
+    for temp, per_domain in by_temp.items():
+        m = "tau_unbiased" if temp == 1 else "tau_live"
+        for domain, (gain, lo, hi) in zip(["general", "code"], per_domain, strict=True):
+            rows.append({"target": "llama2-7b-chat", "draft_arch": arch, "domain": domain,
+                         "temperature": temp, "loss": loss, "baseline": "kl",
+                         f"{m}_gain_pct": gain, f"{m}_ci_lo": lo, f"{m}_ci_hi": hi,
+                         "tau_expected_gain_pct": 99.0, "tau_expected_ci_lo": 98.0,
+                         "tau_expected_ci_hi": 100.0})  # fmt: skip
+    return rows
+
+
+def test_tvdpp_figure_puts_our_draft_lm_beside_the_papers_delta_vs_kld(tmp_path):
+    """The paper's Δ% vs KLD at γ = 3 (mean over its tasks) beside our draft_lm's Δτ% vs kl
+    (the temperature's headline measure, mean over domains, with the mean CI bounds) and our
+    τ; EAGLE-3 rows and the paper's γ = 5 rows are not in it; the abstract's level is a row."""
+    from specbench.aggregation.paper import write_paper_figures
+
+    rows = _tau_rows("kl", "draft_lm", {0: [1.5, 1.7], 1: [1.4, 1.6]})
+    rows += _tau_rows("tvdpp", "draft_lm", {0: [1.6, 1.8], 1: [1.5, 1.9]})
+    rows += _tau_rows("tvdpp", "eagle3", {0: [4.0, 4.0]})  # another arch: not ours here
+    tau = tmp_path / "tau.csv"
+    pd.DataFrame(rows).to_csv(tau, index=False)
+    gains = tmp_path / "gains.csv"
+    g = _gain_rows("tvdpp", "draft_lm", {0: [(4.0, 1.0, 7.0), (8.0, 5.0, 11.0)],
+                                         1: [(2.0, -1.0, 5.0), (6.0, 2.0, 10.0)]})  # fmt: skip
+    g += _gain_rows("lk_alpha", "draft_lm", {0: [(1.0, 0.0, 2.0), (3.0, 2.0, 4.0)]})
+    g += _gain_rows("tvdpp", "eagle3", {0: [(50.0, 40.0, 60.0), (50.0, 40.0, 60.0)]})
+    pd.DataFrame(g).to_csv(gains, index=False)
+    ref = _tvdpp_reference(tmp_path / "ref")
+    write_paper_figures(tau, gains, ref, tmp_path / "fig")
+    assert (tmp_path / "fig/tvdpp_vs_paper.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "fig/tvdpp_vs_paper.csv")
+    per_loss = table.dropna(subset=["loss"]).set_index(["loss", "temperature"])
+    assert list(per_loss.index.get_level_values("loss").unique()) == ["kl", "tv", "tvdpp",
+                                                                      "lk_alpha"]  # fmt: skip
+    tv, tvdpp = per_loss.loc[("tv", 0)], per_loss.loc[("tvdpp", 0)]
+    assert abs(tv["paper_gain_pct"] - (5.0 + 10.0) / 2) < 1e-9  # 2.1/2.0, 1.65/1.5
+    assert abs(tvdpp["paper_gain_pct"] - (10.0 + 20.0) / 2) < 1e-9  # γ = 5's 50% left out
+    assert tvdpp["paper_tasks"] == 2 and abs(tvdpp["paper_block_efficiency"] - 2.0) < 1e-9
+    assert pd.isna(tv["our_gain_pct"]) and pd.isna(per_loss.loc[("kl", 0), "paper_gain_pct"])
+    assert (tvdpp["our_gain_pct"], tvdpp["our_ci_lo"], tvdpp["our_ci_hi"]) == (6.0, 3.0, 9.0)
+    assert tvdpp["our_domains"] == 2
+    assert abs(tvdpp["our_tau"] - 1.7) < 1e-9  # tau_live at T=0, mean of the domains
+    t1 = per_loss.loc[("tvdpp", 1)]  # T=1: tau_unbiased (τ − 0.05 in _tau_rows)
+    assert (t1["our_gain_pct"], t1["our_ci_lo"], t1["our_ci_hi"]) == (4.0, 0.5, 7.5)
+    assert abs(t1["our_tau"] - (1.7 - 0.05)) < 1e-9 and pd.isna(t1["paper_gain_pct"])
+    assert abs(per_loss.loc[("kl", 0), "our_tau"] - 1.6) < 1e-9
+    assert per_loss.loc[("lk_alpha", 0), "our_gain_pct"] == 2.0
+    (level,) = table[table["loss"].isna()].itertuples()
+    assert level.paper_block_efficiency == 2.3 and level.note == "up to"
+
+
+def test_tvdpp_figure_without_draft_lm_rows_shows_the_papers_numbers_alone(tmp_path):
+    from specbench.aggregation.paper import write_paper_figures
+
+    tau, gains = _write(tmp_path, _tau_rows("kl", "medusa", {0: [2.0], 1: [1.5]}))
+    write_paper_figures(tau, gains, REFERENCE, tmp_path / "fig")
+    assert (tmp_path / "fig/tvdpp_vs_paper.png").stat().st_size > 0
+    table = pd.read_csv(tmp_path / "fig/tvdpp_vs_paper.csv")
+    shipped = pd.read_csv(REFERENCE / "tvdpp_block_efficiency.csv")
+    assert table["our_tau"].isna().all() and table["our_gain_pct"].isna().all()
+    assert sorted(table["paper_block_efficiency"].dropna()) == sorted(
+        shipped["block_efficiency"][shipped["loss"].isna()]
+    )  # the abstract's "up to 2.3": the one verified number

@@ -1,6 +1,7 @@
-"""Every (target, architecture) pair of ``configs/paper.yaml``, proven on the target's tiny twin.
+"""Every (target, architecture) pair of ``configs/paper.yaml`` and ``configs/tvdpp.yaml``,
+proven on the target's tiny twin.
 
-The pairs, hparams, K and the baseline loss are read from the paper config itself (through
+The pairs, hparams, K and the baseline loss are read from the configs themselves (through
 :func:`specbench.config.load_config`, as the pipeline reads it), so a pair added there is
 tested here without editing this file. For each pair: build the draft from the twin's
 :class:`~specbench.targets.info.TargetInfo`, one training step through the trainer's path
@@ -31,12 +32,19 @@ from specbench.targets.runner import TargetRunner
 
 pytestmark = pytest.mark.twins
 
-PAPER = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
-CFG: Config = load_config(yaml.safe_load(PAPER.read_text()))
-PAIRS = [(name, arch) for name in CFG.targets for arch in CFG.archs_for(name)]
+CONFIGS = [
+    Path(__file__).resolve().parents[1] / "configs" / f"{n}.yaml" for n in ("paper", "tvdpp")
+]
+# each target's config (target names are unique across the two)
+CFG_OF: dict[str, Config] = {
+    name: cfg
+    for cfg in (load_config(yaml.safe_load(p.read_text())) for p in CONFIGS)
+    for name in cfg.targets
+}
+PAIRS = [(name, arch) for name, cfg in CFG_OF.items() for arch in cfg.archs_for(name)]
 # draft_lm's pretrained drafters (hub ids), each tested through its own twin
 DRAFTERS = sorted({
-    CFG.hparams_for(t, a)["model"] for t, a in PAIRS if CFG.hparams_for(t, a).get("model")
+    h["model"] for t, a in PAIRS if (h := CFG_OF[t].hparams_for(t, a)).get("model")
 })  # fmt: skip
 NEW_TOKENS = 12  # per decoding round
 
@@ -78,7 +86,7 @@ def twins(tmp_path_factory):
     def get(target: str) -> Twin:
         if target not in made:
             folder = tmp_path_factory.mktemp(target)
-            made[target] = make_twin(CFG.targets[target].model, folder)
+            made[target] = make_twin(CFG_OF[target].targets[target].model, folder)
         return made[target]
 
     return get
@@ -86,7 +94,8 @@ def twins(tmp_path_factory):
 
 def test_every_paper_target_has_a_twin():
     assert PAIRS, "configs/paper.yaml lists no (target, architecture) pair"
-    missing = {t.model for t in CFG.targets.values()} - set(TWINS) | set(DRAFTERS) - set(TWINS)
+    missing = {c.targets[t].model for t, c in CFG_OF.items()} | set(DRAFTERS)
+    missing -= set(TWINS)
     assert not missing, f"no tiny twin for {sorted(missing)} (tests/tiny.py)"
 
 
@@ -129,12 +138,12 @@ def twin_summary(twin: Twin) -> dict:
     }
 
 
-@pytest.mark.parametrize("target", list(CFG.targets))
+@pytest.mark.parametrize("target", list(CFG_OF))
 def test_twin_keeps_the_real_quirks(target, twins):
     """GQA ratio, head width, tying, RoPE scaling, windows, sinks, MoE and MLA as the real one;
     the draft's head width follows the config (gpt-oss: 64, not 2880 // 64 = 45)."""
     twin = twins(target)
-    assert quirks(twin_summary(twin)) == quirks(REAL[CFG.targets[target].model])
+    assert quirks(twin_summary(twin)) == quirks(REAL[CFG_OF[target].targets[target].model])
     assert twin.info.head_dim == getattr(twin.model.config, "head_dim", None)
 
 
@@ -162,14 +171,15 @@ def drafters(tmp_path_factory):
 @pytest.mark.parametrize("target, arch", PAIRS, ids=[f"{t}-{a}" for t, a in PAIRS])
 def test_pair_trains_decodes_and_round_trips(target, arch, twins, drafters, tmp_path):
     twin = twins(target)
-    info, hparams = twin.info, dict(CFG.hparams_for(target, arch))
+    cfg = CFG_OF[target]
+    info, hparams = twin.info, dict(cfg.hparams_for(target, arch))
     if hparams.get("model"):  # draft_lm from a pretrained sibling: its twin
         hparams["model"] = drafters(hparams["model"])
     torch.manual_seed(0)
     draft = build_draft(arch, info, **hparams)
 
     # one training step, as the trainer takes it
-    k = training_k(draft, CFG.train.k)
+    k = training_k(draft, cfg.train.k)
     t2d = target_to_draft_map(info.draft_to_target, info.vocab_size)
     st = align(draft.train(), twin.batch, k, t2d, torch.Generator().manual_seed(1))
     assert st.logits.shape[-2:] == (k, info.draft_vocab_size) and st.mask.any()
@@ -179,7 +189,7 @@ def test_pair_trains_decodes_and_round_trips(target, arch, twins, drafters, tmp_
     trainable = [p for p in draft.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trainable]
     opt = torch.optim.AdamW(
-        trainable, lr=CFG.train.lr_for(draft.arch), betas=tuple(CFG.train.betas)
+        trainable, lr=cfg.train.lr_for(draft.arch), betas=tuple(cfg.train.betas)
     )
     loss.backward()
     assert torch.isfinite(loss)
@@ -189,7 +199,7 @@ def test_pair_trains_decodes_and_round_trips(target, arch, twins, drafters, tmp_
 
     # one decoding round per temperature; T = 0 is exactly greedy target decoding
     draft.eval()
-    k_eval = usable_k(draft, CFG.eval.k_for(arch))
+    k_eval = usable_k(draft, cfg.eval.k_for(arch))
     greedy = target_decode(twin.runner, twin.prompt, NEW_TOKENS, temperature=0)
     for temperature in (0, 1):
         res = speculative_decode(

@@ -142,6 +142,24 @@ def llama33_70b() -> PretrainedConfig:
     )
 
 
+def llama2_7b_chat() -> PretrainedConfig:
+    """meta-llama/Llama-2-7b-chat-hf (configs/tvdpp.yaml): hidden 4096, 32 layers, 32 heads,
+    32 kv heads (no GQA), head_dim 128, FFN 11008, vocab 32000, untied, rope_theta 1e4 without
+    scaling, 4096 positions, rms_norm_eps 1e-5."""
+    return LlamaConfig(
+        vocab_size=TWIN_VOCAB,
+        hidden_size=32,
+        intermediate_size=88,
+        num_hidden_layers=8,  # draft_lm's scratch init keeps 1/8 of the layers: one
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rope_theta=10000.0,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
+
+
 def gpt_oss(experts: int, layers: int) -> PretrainedConfig:
     """openai/gpt-oss-20b | -120b: hidden 2880, 24 | 36 layers, 64 heads of head_dim 64
     (64·64 = 4096 ≠ 2880; 2880 // 64 = 45 is odd, which broke RoPE), 8 kv heads (GQA 8),
@@ -324,6 +342,11 @@ REAL: dict[str, dict] = {
         head_dim=128, tie_word_embeddings=False, rope_type="llama3", experts=0, top_k=0,
         layer_types=None, sinks=False, mla=False,
     ),
+    "meta-llama/Llama-2-7b-chat-hf": dict(
+        model_type="llama", hidden_size=4096, num_attention_heads=32, num_key_value_heads=32,
+        head_dim=128, tie_word_embeddings=False, rope_type="default", experts=0, top_k=0,
+        layer_types=None, sinks=False, mla=False,
+    ),
     "openai/gpt-oss-20b": dict(_GPT_OSS, experts=32),
     "openai/gpt-oss-120b": dict(_GPT_OSS, experts=128),
     "Qwen/Qwen3-235B-A22B-Instruct-2507": dict(
@@ -336,6 +359,7 @@ REAL: dict[str, dict] = {
         num_key_value_heads=128, head_dim=64, tie_word_embeddings=False, rope_type="yarn",
         experts=256, top_k=8, layer_types=None, sinks=False, mla=True,
     ),
+    # draft_lm's pretrained drafters (plan/shapes.py sizes them; twins below test them)
     "meta-llama/Llama-3.2-1B-Instruct": dict(
         model_type="llama", hidden_size=2048, num_attention_heads=32, num_key_value_heads=8,
         head_dim=64, tie_word_embeddings=True, rope_type="llama3", experts=0, top_k=0,
@@ -351,6 +375,7 @@ REAL: dict[str, dict] = {
 TWINS: dict[str, Callable[[], PretrainedConfig]] = {
     "meta-llama/Llama-3.1-8B-Instruct": llama31_8b,
     "meta-llama/Llama-3.3-70B-Instruct": llama33_70b,
+    "meta-llama/Llama-2-7b-chat-hf": llama2_7b_chat,
     "openai/gpt-oss-20b": lambda: gpt_oss(experts=32, layers=4),
     "openai/gpt-oss-120b": lambda: gpt_oss(experts=128, layers=6),
     "Qwen/Qwen3-235B-A22B-Instruct-2507": qwen3_235b,

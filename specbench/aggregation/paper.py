@@ -8,6 +8,10 @@ paper's (the embedded default is a 135M model), so levels are not expected to ma
 The released drafts (``released_drafts_tau.csv``, the LK authors' model cards) are compared
 in levels instead: the same checkpoints evaluated here as external drafts
 (``configs/released.yaml``), our τ beside the card's.
+
+The TVD++ paper (``tvdpp_block_efficiency.csv``) is compared both ways for ``draft_lm``: its
+Δ% vs KLD per loss and its block efficiency, beside ours (``configs/tvdpp.yaml``); only its
+abstract's "up to 2.3" could be transcribed so far, drawn as a level.
 """
 
 from __future__ import annotations
@@ -135,6 +139,180 @@ def figure_block_interventions(ref_block: pd.DataFrame, tau: pd.DataFrame, path:
     ax.legend(fontsize=8)
     ax.set_title("Block-diffusion drafter interventions")
     fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# the TVD++ paper's losses in our names (KLD, TVD, TVD++), in its order; ours beside them
+TVDPP_LOSSES = ("kl", "tv", "tvdpp")
+TVDPP_GAMMA = 3  # the paper rows compared: γ = 3, our configs/tvdpp.yaml's eval K
+TVDPP_COLUMNS = [
+    "loss", "temperature", "paper_gain_pct", "paper_tasks", "paper_block_efficiency",
+    "our_gain_pct", "our_ci_lo", "our_ci_hi", "our_domains", "our_tau", "note",
+]  # fmt: skip
+
+
+def _temperatures(values: pd.Series) -> pd.Series:
+    """A temperature column as numbers (NaN where the paper states none)."""
+    return pd.to_numeric(values, errors="coerce").astype(float)
+
+
+def tvdpp_reference(ref: pd.DataFrame, gamma: int = TVDPP_GAMMA) -> pd.DataFrame:
+    """The paper's rows per (loss, temperature) at ``gamma``: the block efficiency (mean over
+    its tasks) and its Δ% vs the same (target, task, temperature) cell's ``kl``, mean over
+    the tasks that have both. Rows without a loss (the abstract's "up to 2.3") are levels,
+    not a comparison: :func:`tvdpp_headlines`."""
+    cols = ["loss", "temperature", "paper_gain_pct", "paper_tasks", "paper_block_efficiency"]
+    need = {"target", "loss", "task", "gamma", "temperature", "block_efficiency"}
+    if ref.empty or not need <= set(ref):
+        return pd.DataFrame(columns=cols)
+    r = ref.dropna(subset=["block_efficiency", "loss"]).copy()
+    r = r[pd.to_numeric(r["gamma"], errors="coerce") == gamma]
+    if r.empty:
+        return pd.DataFrame(columns=cols)
+    r["temperature"] = _temperatures(r["temperature"])
+    keys = ["target", "task", "temperature"]
+    cell = r[keys].astype(str).agg("|".join, axis=1)  # NaN temperature matches NaN
+    base = pd.Series(r["block_efficiency"].to_numpy(), index=cell)[r["loss"].eq("kl").to_numpy()]
+    r["kl_be"] = cell.map(base[~base.index.duplicated()])
+    r["gain"] = np.where(
+        r["loss"].eq("kl"), np.nan, 100.0 * (r["block_efficiency"] / r["kl_be"] - 1.0)
+    )
+    g = r.groupby(["loss", "temperature"], dropna=False, sort=False)
+    out = pd.DataFrame({
+        "paper_gain_pct": g["gain"].mean(),
+        "paper_tasks": g["gain"].count(),
+        "paper_block_efficiency": g["block_efficiency"].mean(),
+    }).reset_index()  # fmt: skip
+    return out[cols]
+
+
+def tvdpp_headlines(ref: pd.DataFrame) -> pd.DataFrame:
+    """The paper's levels that name no loss (the abstract's "up to 2.3"): drawn as lines."""
+    if ref.empty or "block_efficiency" not in ref:
+        return pd.DataFrame(columns=["block_efficiency", "note"])
+    no_loss = ref["loss"].isna() if "loss" in ref else pd.Series(True, index=ref.index)
+    rows = ref[no_loss & ref["block_efficiency"].notna()]
+    note = rows["note"] if "note" in rows else pd.Series("", index=rows.index)
+    return pd.DataFrame({"block_efficiency": rows["block_efficiency"], "note": note})
+
+
+def _at_headline(df: pd.DataFrame, suffix: str = "") -> pd.Series:
+    """Per row, the value of its temperature's headline measure (``suffix``: e.g. its gain,
+    ``_gain_pct``, or CI bound, ``_ci_lo``); NaN where the row lacks it."""
+
+    def one(r: pd.Series) -> float:
+        return r.get(headline(r["temperature"], r.dropna().index) + suffix, np.nan)
+
+    return df.apply(one, axis=1) if len(df) else pd.Series(dtype=float)
+
+
+def tvdpp_ours(tau: pd.DataFrame, gains: pd.DataFrame, arch: str = "draft_lm") -> pd.DataFrame:
+    """Our ``arch`` drafts per (loss, temperature): Δτ% vs the baseline (each temperature's
+    headline measure, mean over targets and domains) with the mean of the per-domain 95% CI
+    bounds (conservative: wider than the CI of a mean over independent domains), and τ
+    itself (the same measure, mean over targets, domains and seeds)."""
+    keys = ["loss", "temperature"]
+    cols = [*keys, "our_gain_pct", "our_ci_lo", "our_ci_hi", "our_domains", "our_tau"]
+    frames = []
+    g = gains[gains["draft_arch"] == arch] if {"draft_arch", "loss"} <= set(gains) else gains[:0]
+    if not g.empty:
+        g = g.copy()
+        for col, suffix in (("our_gain_pct", "_gain_pct"), ("our_ci_lo", "_ci_lo"),
+                            ("our_ci_hi", "_ci_hi")):  # fmt: skip
+            g[col] = _at_headline(g, suffix)
+        g["temperature"] = _temperatures(g["temperature"])
+        agg = g.groupby(keys, sort=False).agg(
+            our_gain_pct=("our_gain_pct", "mean"), our_ci_lo=("our_ci_lo", "mean"),
+            our_ci_hi=("our_ci_hi", "mean"), our_domains=("domain", "nunique"),
+        )  # fmt: skip
+        frames.append(agg)
+    t = tau[tau["draft_arch"] == arch] if {"draft_arch", "loss"} <= set(tau) else tau[:0]
+    if not t.empty:
+        t = t.copy()
+        t["our_tau"] = _at_headline(t)
+        t["temperature"] = _temperatures(t["temperature"])
+        frames.append(t.groupby(keys, sort=False)[["our_tau"]].mean())
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, axis=1).reset_index()
+    return out.reindex(columns=cols)
+
+
+def tvdpp_table(ref: pd.DataFrame, tau: pd.DataFrame, gains: pd.DataFrame) -> pd.DataFrame:
+    """One row per (loss, temperature): the paper's Δ% vs KLD and block efficiency (γ = 3,
+    mean over its tasks) beside our draft_lm's Δτ% vs kl (with CI) and τ; the paper's
+    losses first in its order (KLD, TVD, TVD++), ours without a published value after; the
+    paper's loss-less levels (the abstract's "up to") as rows of their own, loss empty."""
+    paper, ours = tvdpp_reference(ref), tvdpp_ours(tau, gains)
+    for df in (paper, ours):  # empty frames have object columns: merge needs the same types
+        df["temperature"] = _temperatures(df["temperature"])
+        df["loss"] = df["loss"].astype(object)
+    both = paper.merge(ours, on=["loss", "temperature"], how="outer")
+    both["note"] = ""
+    order = {loss: i for i, loss in enumerate(TVDPP_LOSSES)}
+    both["_order"] = both["loss"].map(lambda x: order.get(x, len(order)))
+    both = both.sort_values(["_order", "loss", "temperature"]).drop(columns="_order")
+    heads = tvdpp_headlines(ref)
+    levels = pd.DataFrame({"paper_block_efficiency": heads["block_efficiency"],
+                           "note": heads["note"]})  # fmt: skip
+    frames = [f for f in (both, levels) if len(f)]
+    out = pd.concat(frames, ignore_index=True) if frames else both
+    return out.reindex(columns=TVDPP_COLUMNS).reset_index(drop=True)
+
+
+def figure_tvdpp(table: pd.DataFrame, path: str) -> None:
+    """Fig.: per temperature, Δτ% vs KL per loss (paper at γ = 3 beside our draft_lm, with
+    our 95% CI) above τ itself (ours; the paper's per-loss levels and its abstract's
+    "up to" as a dashed line)."""
+    per_loss = table[table["loss"].notna()]
+    levels = table[table["loss"].isna()]["paper_block_efficiency"].dropna()
+    temps = sorted(per_loss["temperature"].dropna().unique()) or [0.0, 1.0]
+    if per_loss["temperature"].isna().any():
+        temps.append(np.nan)  # paper rows whose temperature the paper does not state
+    fig, axes = plt.subplots(2, len(temps), figsize=(4.4 * len(temps), 7.0), squeeze=False)
+    for j, temp in enumerate(temps):
+        top, bottom = axes[0][j], axes[1][j]
+        if pd.isna(temp):
+            g, title = per_loss[per_loss["temperature"].isna()], "T not stated (paper)"
+        else:
+            g, title = per_loss[per_loss["temperature"] == temp], f"T={temp:g}"
+        x = np.arange(len(g))
+        ours = pd.to_numeric(g["our_gain_pct"], errors="coerce").to_numpy(float)
+        lo = ours - pd.to_numeric(g["our_ci_lo"], errors="coerce").to_numpy(float)
+        hi = pd.to_numeric(g["our_ci_hi"], errors="coerce").to_numpy(float) - ours
+        err = np.nan_to_num(np.vstack([lo, hi]), nan=0.0)
+        paper = pd.to_numeric(g["paper_gain_pct"], errors="coerce")
+        top.bar(x - 0.2, paper, 0.4, color="C0", label="paper (published, γ = 3)")
+        top.bar(x + 0.2, ours, 0.4, yerr=err, capsize=2, color="C1",
+                label="ours: draft_lm (95% CI)")  # fmt: skip
+        top.axhline(0, color="black", lw=0.8)
+        top.set_ylabel("Δτ vs KL [%]")
+        top.set_title(title, fontsize=9)
+        paper_tau = pd.to_numeric(g["paper_block_efficiency"], errors="coerce")
+        our_tau = pd.to_numeric(g["our_tau"], errors="coerce")
+        bottom.bar(x - 0.2, paper_tau, 0.4, color="C0", label="paper (published)")
+        bottom.bar(x + 0.2, our_tau, 0.4, color="C1", label="ours")
+        top_tau = np.nanmax([*paper_tau, *our_tau, *levels, 1.0])
+        bottom.set_ylim(0, 1.15 * top_tau)
+        for level in levels:
+            bottom.axhline(level, ls="--", color="grey", lw=1)
+            bottom.text(0.01, level, f" paper's abstract: up to {level:g}", fontsize=7,
+                        va="bottom", transform=bottom.get_yaxis_transform())  # fmt: skip
+        bottom.set_ylabel("τ (bonus token included)")
+        for ax in (top, bottom):
+            ax.set_xticks(x, list(g["loss"]), rotation=30, ha="right", fontsize=8)
+        if not len(g):
+            top.text(0.5, 0.5, "no draft_lm rows, no per-loss\npaper numbers", ha="center",
+                     va="center", transform=top.transAxes, fontsize=8)  # fmt: skip
+    if len(per_loss):  # no bars, no legend (an empty bar series has no colour to show)
+        axes[0][0].legend(fontsize=7)
+        axes[1][0].legend(fontsize=7, loc="lower right")
+    if per_loss["paper_gain_pct"].isna().all():
+        fig.text(0.5, 0.01, "No per-loss numbers of the paper transcribed (its tables were not "
+                 "read): paper_figures/reference/README.md", ha="center", fontsize=8)  # fmt: skip
+    fig.suptitle("TVD++ paper (Llama 2 Chat 7B, 115M drafter) vs our draft_lm")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -281,6 +459,10 @@ def write_paper_figures(
     released = released_drafts_table(
         tau, pd.read_csv(cards) if cards.exists() else pd.DataFrame(), external_hub_ids
     )
+    tvdpp_ref = ref / "tvdpp_block_efficiency.csv"
+    tvdpp = tvdpp_table(
+        pd.read_csv(tvdpp_ref) if tvdpp_ref.exists() else pd.DataFrame(), tau, gains
+    )
     with atomic_dir(out_dir) as tmp:
         both = figure_lk_gains(
             pd.read_csv(ref / "lk_losses_tau.csv"), gains, str(tmp / "lk_gains_vs_paper.png")
@@ -291,4 +473,6 @@ def write_paper_figures(
         figure_released_drafts(released, str(tmp / "released_drafts.png"))
         atomic_write_text(tmp / "lk_gains_vs_paper.csv", both.to_csv(index=False))
         atomic_write_text(tmp / "released_drafts.csv", released.to_csv(index=False))
+        figure_tvdpp(tvdpp, str(tmp / "tvdpp_vs_paper.png"))
+        atomic_write_text(tmp / "tvdpp_vs_paper.csv", tvdpp.to_csv(index=False))
     return both

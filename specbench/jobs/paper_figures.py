@@ -19,3 +19,4 @@ def run(job: Job) -> None:
     both = write_paper_figures(i["tau"], i["gains"], job.params["reference"], out, hub_ids)
     ctx.say(both.to_string())
     ctx.say(pd.read_csv(Path(out) / "released_drafts.csv").to_string())
+    ctx.say(pd.read_csv(Path(out) / "tvdpp_vs_paper.csv").to_string())

@@ -59,6 +59,15 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
         max_position_embeddings=163840, rms_norm_eps=1e-6, num_nextn_predict_layers=1,
         tie_word_embeddings=False,
     )),
+    # configs/tvdpp.yaml's target, the TVD++ paper's (no GQA, 32k vocabulary, no RoPE
+    # scaling); copies of the repo's config.json carry rms_norm_eps 1e-5 (1e-6 before July
+    # 2023's update) and no rope_theta (transformers' default 1e4)
+    "meta-llama/Llama-2-7b-chat-hf": ("LlamaConfig", dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, head_dim=128, vocab_size=32000,
+        rope_theta=10000.0, max_position_embeddings=4096, tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+    )),
     # draft_lm's pretrained drafters (their tokenizers are their targets')
     "meta-llama/Llama-3.2-1B-Instruct": ("LlamaConfig", dict(
         hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
