@@ -169,6 +169,10 @@ def test_specforge_loads_our_eagle3(peers, target, tmp_path):
     out = export_draft(draft, info, tmp_path / "sgl", "sglang", folder, K)
     peer = specforge_model(out)
     assert int(peer.t2d.sum()) == VD and peer.draft_vocab_size == VD
+    # SGLang captures layer id + 1's input: our hidden_states [2, 4, 5] are its [1, 3, 4]
+    # (SpecForge's default [1, L//2 - 1, L - 4] for L = 8), vLLM's (2, L//2, L - 3)
+    ids = json.loads((out / "config.json").read_text())["eagle_config"]
+    assert ids["eagle_aux_hidden_state_layer_ids"] == [1, 3, 4]
     assert report("SpecForge LlamaForCausalLMEagle3", ours_logits(draft, inputs),
                   specforge_logits(peer, inputs)) <= TOL  # fmt: skip
 
@@ -195,7 +199,12 @@ def test_speculators_checkpoint_imports(peers, target, tmp_path):
 def test_specforge_checkpoint_imports(peers, target, tmp_path):
     model, _, info, inputs = target
     peer = specforge_checkpoint(model, info, tmp_path / "ckpt")
+    cfg_file = tmp_path / "ckpt" / "config.json"  # SpecForge's default layers, as its trainer
+    cfg = json.loads(cfg_file.read_text())  # writes them: ours, one less (SGLang's counting)
+    cfg["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": [1, 3, 4]}
+    cfg_file.write_text(json.dumps(cfg))
     draft = load_external("sglang", tmp_path / "ckpt", info).eval()
+    assert draft.aux_layers is None  # the run's own layers: its caches hold them
     assert report("SpecForge checkpoint → load_external", ours_logits(draft, inputs),
                   specforge_logits(peer, inputs)) <= TOL  # fmt: skip
 

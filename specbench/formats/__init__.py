@@ -23,8 +23,9 @@ specbench ``eagle3`` → speculators (``<layer>`` = ``layers.0.``) / SGLang (``m
 - ``draft_to_target`` (target ids) → ``d2t`` = target id − draft id (offsets), ``t2d`` a
   boolean mask over the target vocabulary;
 - low/mid/high features = transformers' ``hidden_states[2, L/2, L−3]`` →
-  ``eagle_aux_hidden_state_layer_ids`` (speculators) or
-  ``eagle_config.eagle_aux_hidden_state_layer_ids`` (SGLang), the same numbers;
+  ``eagle_aux_hidden_state_layer_ids`` (speculators; vLLM reads layer i's input) =
+  ``[2, L/2, L−3]``, or ``eagle_config.eagle_aux_hidden_state_layer_ids`` (SGLang, which
+  captures layer id + 1's input) = ``[1, L/2−1, L−4]``, SpecForge's default;
 - layer geometry (the target's width, heads, ``head_dim``, ε; our ``intermediate_size``) →
   ``transformer_layer_config`` (speculators) or the top-level Llama config (SGLang), with
   ``num_hidden_layers`` 1;

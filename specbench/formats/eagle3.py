@@ -51,10 +51,20 @@ TOP_NAMES = ("fc.weight", "norm.weight", "lm_head.weight")
 
 
 def aux_layer_ids(info: TargetInfo) -> list[int] | None:
-    """The target layers EAGLE-3 reads (low, mid, high), as both peers and vLLM count them:
-    the *input* of decoder layer i = transformers' ``hidden_states[i]``."""
+    """The target layers EAGLE-3 reads (low, mid, high), as vLLM and speculators count them:
+    the *input* of decoder layer i = transformers' ``hidden_states[i]`` (SGLang and SpecForge
+    count one less: :func:`sglang_layer_ids`)."""
     n = target_layers(info)
     return None if n is None else list(feature_layer_indices(n)[:3])
+
+
+def sglang_layer_ids(draft: Draft, info: TargetInfo) -> list[int] | None:
+    """The aux layers as SGLang and SpecForge count them: one less than vLLM. SGLang captures
+    ``id + 1``'s input (``set_eagle3_layers_to_capture``: "for the ith layer, it takes the
+    output of the (i-1)th layer"), so transformers' ``hidden_states[i]`` is id ``i − 1``;
+    SpecForge's default ``[1, L//2 − 1, L − 4]`` is vLLM's ``(2, L//2, L − 3)``, ours."""
+    ids = draft.aux_layers or aux_layer_ids(info)
+    return None if ids is None else [int(i) - 1 for i in ids]
 
 
 def rope_fields(info: TargetInfo) -> dict[str, Any]:
@@ -258,7 +268,8 @@ def load_sglang(path: str | Path, info: TargetInfo) -> Draft:
     hidden = cfg.get("target_hidden_size") or info.hidden_size
     require(hidden == info.hidden_size, f"{where}: target_hidden_size {hidden}")
     eagle = cfg.get("eagle_config") or {}
-    aux = check_aux(eagle.get("eagle_aux_hidden_state_layer_ids"), info, where)
+    ids = eagle.get("eagle_aux_hidden_state_layer_ids")
+    aux = check_aux(None if ids is None else [int(i) + 1 for i in ids], info, where)
     inter = int(cfg.get("intermediate_size", info.intermediate_size))
     try:
         return draft_from_tensors(tensors, LAYER["sglang"], info, inter, where, aux)
@@ -337,7 +348,7 @@ def export_sglang(draft: Draft, info: TargetInfo, out: Path, verifier: str, k: i
         architectures=["LlamaForCausalLMEagle3"],
         draft_vocab_size=info.draft_vocab_size,
         target_hidden_size=info.hidden_size,
-        eagle_config={"eagle_aux_hidden_state_layer_ids": draft.aux_layers or aux_layer_ids(info)},
+        eagle_config={"eagle_aux_hidden_state_layer_ids": sglang_layer_ids(draft, info)},
         torch_dtype="float32",
     )
     return write_checkpoint(out, config, tensors_out(draft, info, "sglang"))
