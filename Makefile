@@ -52,8 +52,11 @@ dry: $(STAMP)
 	$(VENV)/bin/snakemake -n --configfile $(CONFIG)
 
 # the serving venv too, so the `served` tests run (+175 s install, 3.5 GB; the tests 114-166 s)
+# on 2 xdist workers: the smoke run's tests stay on one, the vLLM and planner tests run in
+# order on one (tests/conftest.py); TEST_WORKERS=0 runs them in this process
+TEST_WORKERS ?= 2
 test: $(STAMP) $(SERVE_STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/snakemake --lint
