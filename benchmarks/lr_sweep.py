@@ -80,7 +80,7 @@ def main() -> None:
                 train = cfg.train.model_copy(update={"lr": lr, "steps": steps, "epochs": None})
                 out = Path(args.out) / f"{args.arch}_{args.loss}_lr{lr:g}_steps{steps}_seed{seed}"
                 t = time.time()
-                hp = cfg.arch_hparams.get(args.arch, {})
+                hp = cfg.hparams_for(next(iter(cfg.targets)), args.arch)
                 train_cell(FeatureCache(caches / "train.safetensors"), info, args.arch, hp,
                            args.loss, seed, train, out, log=lambda *a: None)  # fmt: skip
                 secs = time.time() - t

@@ -80,6 +80,8 @@ def figure_lk_gains(ref: pd.DataFrame, gains: pd.DataFrame, path: str) -> pd.Dat
         .rename(columns={"loss": "paper_loss"})
     )
     ours = ours_by_paper_label(gains).rename(columns={"gain_pct": "our_gain_pct"})
+    # the LK paper's architectures only (draft_lm has its own figure, tvdpp_vs_paper)
+    ours = ours[ours["draft_arch"].isin(set(pg["draft_arch"]))]
     both = pg.merge(ours, on=["draft_arch", "temperature", "paper_loss"], how="outer")
     panels = list(both.groupby(["draft_arch", "temperature"], sort=True))
     # rows of at most 4 panels (one per arch at T=0 and T=1, two archs a row): one row of the

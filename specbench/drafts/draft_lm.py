@@ -46,7 +46,12 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from specbench.drafts.anchors import anchor_count, sample_anchors, with_first_target
+from specbench.drafts.anchors import (
+    anchor_count,
+    in_response,
+    sample_anchors,
+    with_first_target,
+)
 from specbench.drafts.base import Draft, DraftSession, SampleFn, TrainOutput, register_draft
 from specbench.drafts.layers import register_vocab
 from specbench.targets.info import TargetInfo
@@ -178,8 +183,9 @@ class DraftLM(Draft):
     TVD++ drafter's depth ratio); ``model`` (pretrained: hub id or folder); ``width``
     (scratch: the fraction of the target's width, heads and FFN; TVD++: 1/4);
     ``intermediate_size`` (scratch: the FFN width instead of ``width`` × the target's);
-    ``train_anchors`` (positions per sequence the loss is taken at, at random from the
-    draft's seed; None = all — the per-position objective, subsampled without bias)."""
+    ``train_anchors`` (response positions per sequence the loss is taken at, at random from
+    the draft's seed, as SpecForge's DFlash trainer draws them: every sequence then weighs
+    the same; None = every position, the per-token objective)."""
 
     max_k = None  # drafts any number of steps
     train_k: ClassVar[int | None] = 1  # steps k ≥ 2 are step 1 at later positions (above)
@@ -243,7 +249,11 @@ class DraftLM(Draft):
         valid = attention_mask.bool()
         h = self.lm.model(input_ids=input_ids, attention_mask=valid.long()).last_hidden_state
         if self.training and self.train_anchors is not None:
-            anchors = sample_anchors(with_first_target(valid), self.train_anchors, generator)
+            # among response anchors (where decoding anchors, and where the loss is taken)
+            eligible = with_first_target(valid)
+            if loss_mask is not None:
+                eligible &= in_response(loss_mask.bool() & valid)
+            anchors = sample_anchors(eligible, self.train_anchors, generator)
         else:
             anchors = torch.arange(L, device=input_ids.device).expand(B, L)
         # step j of anchor i is position i + j (clamped past the end: the loss masks those)
@@ -281,7 +291,9 @@ class DraftLMSession(DraftSession):
         from transformers import DynamicCache
 
         self.draft = draft
-        self.cache = DynamicCache(config=draft.lm.config)
+        # full layers whatever the config (a sliding-window layer's crop would need its past
+        # recorded); the window, where there is one, comes from the model's own mask
+        self.cache = DynamicCache()
         self.tokens: list[int] = []  # verified tokens x_0 .. x_n
         self.cached = 0  # how many of them the cache holds
         self.last: torch.Tensor | None = None  # logits after the last cached token

@@ -194,8 +194,10 @@ def check_aux(ids: list[int] | None, info: TargetInfo, where: str) -> list[int] 
     if ids is None or list(ids) == ours:
         return None
     require(
-        len(ids) == 3 and (n is None or all(0 <= int(i) <= n for i in ids)),
-        f"{where}: reads target layers {ids}, not three of the target's 0..{n}",
+        # inputs of decoder layers 0..n-1: what vLLM and SGLang can capture (n, the final
+        # normed state, is neither)
+        len(ids) == 3 and (n is None or all(0 <= int(i) < n for i in ids)),
+        f"{where}: reads target layers {ids}, not three of the target's 0..{n - 1 if n else n}",
     )
     return [int(i) for i in ids]
 

@@ -155,7 +155,9 @@ def zero3_target_info(model: nn.Module, draft_to_target: torch.Tensor | None = N
             info,
             embed_tokens=info.embed_tokens.clone(),
             lm_head=info.lm_head.clone(),
-            read_tensors=None,  # its state dict is partitioned: read the checkpoint instead
+            # its state dict is partitioned: draft_lm's init target_layers needs the folder
+            # (the jobs build drafts from target_info_from_checkpoint, which sets it)
+            read_tensors=None,
         )
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     info.target_flops_per_token = 2.0 * n_params

@@ -162,11 +162,32 @@ def config_digest(*sections):
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+# a target's settings that change what its responses and features hold (the rest, e.g.
+# group_size, gpu_model or a draft's arch_hparams, change how or where drafts train)
+DATA_FIELDS = ("model", "engine", "dtype", "zero3", "train_completions")
+
+
+def data_digest(generates=False):
+    """Per target: ``data`` + the target's :data:`DATA_FIELDS` (+ ``engine_generate`` for the
+    rules that generate), so editing one target, or its drafts' settings, reruns nothing of
+    the others' data."""
+    import hashlib
+    import json
+
+    def digest(wc):
+        t = CFG.targets[wc.target].model_dump(mode="json")
+        keep = {k: t[k] for k in DATA_FIELDS + (("engine_generate",) if generates else ())}
+        blob = json.dumps(keep, sort_keys=True)
+        return config_digest("data") + hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    return digest
+
+
 def features_eval_digest(wc):
     """The T=1 caches also hold the target's prefix KV under eval.prefix_kv (the job reads
     the flag from the config): switching it rewrites those caches, and only those."""
     kv = ":prefix_kv" if CFG.eval.prefix_kv_for(wc.split) else ""
-    return f'{config_digest("data", "targets")}{kv}'
+    return f"{data_digest()(wc)}{kv}"
 
 
 def gpu_resources(wc):

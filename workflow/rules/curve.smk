@@ -17,7 +17,7 @@ rule curve_train:
     params:
         model=lambda wc: target_model(wc.target),
         loss=curve_loss,
-        config_digest=config_digest("data", "train", "arch_hparams", "arch_vocab"),
+        config_digest=config_digest("data", "train", "arch_vocab"),
         hparams=lambda wc: CFG.hparams_for(wc.target, wc.arch),  # the target's own too
     threads: CFG.threads
     resources:

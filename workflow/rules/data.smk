@@ -30,7 +30,7 @@ rule responses:
         split="|".join(s for s in SPLITS if not (SHARDED and SPLITS[s].is_train)),
     params:
         model=lambda wc: target_model(wc.target),
-        config_digest=config_digest("data", "targets"),
+        config_digest=data_digest(generates=True),
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
@@ -57,7 +57,7 @@ if SHARDED:
             shard=r"\d+",
         params:
             model=lambda wc: target_model(wc.target),
-            config_digest=config_digest("data", "targets"),
+            config_digest=data_digest(generates=True),
         threads: CFG.threads
         resources:
             gpu=gpu_resources,
@@ -95,7 +95,7 @@ rule train_completions:
         target=released_target(),
     params:
         model=lambda wc: target_model(wc.target),
-        config_digest=config_digest("data", "targets"),
+        config_digest=data_digest(),
     conda:
         ENV
     script:
@@ -131,7 +131,7 @@ rule features_train:
         f"{R}/logs/features/{{target}}/{{vocab}}/train.log",
     params:
         model=lambda wc: target_model(wc.target),
-        config_digest=config_digest("data", "targets"),
+        config_digest=data_digest(),
     threads: CFG.threads
     resources:
         gpu=gpu_resources,

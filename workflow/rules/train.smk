@@ -22,7 +22,7 @@ if CFG.train.features == "cache":
         params:
             model=lambda wc: target_model(wc.target),
             loss=lambda wc: LOSS_BY_SLUG[wc.loss],
-            config_digest=config_digest("data", "train", "arch_hparams", "arch_vocab"),
+            config_digest=config_digest("data", "train", "arch_vocab"),
             hparams=lambda wc: CFG.hparams_for(wc.target, wc.arch),  # the target's own too
         threads: CFG.threads
         resources:
@@ -51,9 +51,9 @@ else:
             runs=group_runs,
             # outside the output folder, which Snakemake clears before rerunning the job
             checkpoint=lambda wc: f"{R}/checkpoints/{wc.target}/{wc.arch}/g{wc.group}",
-            config_digest=config_digest(
-                "data", "train", "arch_hparams", "arch_vocab", "losses", "arch_losses", "seeds"
-            ),
+            # the group's own (loss, seed) runs and hparams are params too: editing another
+            # architecture's losses or hparams reruns none of this one's groups
+            config_digest=config_digest("data", "train", "arch_vocab"),
             hparams=lambda wc: CFG.hparams_for(wc.target, wc.arch),  # the target's own too
         threads: CFG.threads
         resources:
