@@ -68,6 +68,10 @@ XDIST_GROUPS = {"smoke_local": "smoke"}  # fixture -> group
 XDIST_MARK_GROUPS = {"served": "vllm", "plan": "plan"}  # marker -> group
 
 
+GROUP = pytest.StashKey[str | None]()
+FIRST = {"smoke": 0, "vllm": 1, "plan": 2}  # scheduling order of the groups
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
@@ -78,3 +82,8 @@ def pytest_collection_modifyitems(config, items):
         )
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+        item.stash[GROUP] = group
+    # the long groups first (the smoke run with the SLURM comparison is ~10 minutes): workers
+    # take units in this order, so the short tests fill in beside them. Stable: each group and
+    # the rest keep their own order
+    items.sort(key=lambda item: FIRST.get(item.stash[GROUP], len(FIRST)))
