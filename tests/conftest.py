@@ -58,32 +58,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-# `make test` runs the suite on 2 xdist workers (`-n 2 --dist loadgroup`): the tests that share
-# the session's smoke run stay on one worker (it runs once), and the vLLM engines run one at a
-# time (each reserves its own KV-cache memory)
-XDIST_GROUPS = {"smoke_local": "smoke"}  # fixture -> group
-# the planner's validation prints a table the module's other tests fill: one worker, in order
-XDIST_MARK_GROUPS = {"served": "vllm", "plan": "plan"}  # marker -> group
-
-
-GROUP = pytest.StashKey[str | None]()
-FIRST = {"smoke": 0, "vllm": 1, "plan": 2}  # scheduling order of the groups
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        group = next((g for f, g in XDIST_GROUPS.items() if f in names), None)
-        group = group or next(
-            (g for m, g in XDIST_MARK_GROUPS.items() if item.get_closest_marker(m)), None
-        )
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
-        item.stash[GROUP] = group
-    # the long groups first (the smoke run with the SLURM comparison is ~10 minutes): workers
-    # take units in this order, so the short tests fill in beside them. Stable: each group and
-    # the rest keep their own order
-    items.sort(key=lambda item: FIRST.get(item.stash[GROUP], len(FIRST)))

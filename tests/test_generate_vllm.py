@@ -28,6 +28,7 @@ from specbench.serving.client import run_vllm, serve_python
 from specbench.serving.generate import generation_request, request_seed
 
 pytestmark = [
+    pytest.mark.xdist_group("vllm"),  # one xdist worker (make test TEST_WORKERS=2)
     pytest.mark.served,
     pytest.mark.usefixtures("one_thread"),  # conftest: tiny models, one thread
     pytest.mark.skipif(

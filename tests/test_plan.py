@@ -14,7 +14,11 @@ from specbench.plan import memory
 from specbench.plan.memory import draft_memory, forward_memory
 from specbench.plan.trace import profiled_peak
 
-pytestmark = [pytest.mark.plan, pytest.mark.usefixtures("one_thread")]
+pytestmark = [
+    pytest.mark.plan,
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.xdist_group("plan"),  # the table its tests fill: one xdist worker
+]
 
 HPARAMS = {"eagle3": {"intermediate_size": 512}, "medusa": {"num_heads": 3},
            "mlp_speculator": {"num_stages": 3}, "draft_lm": {"layers": 2}}  # fmt: skip

@@ -21,7 +21,7 @@ from specbench.aggregation.curve import write_curve
 from specbench.aggregation.paper import write_paper_figures
 from specbench.aggregation.served_plot import plot_served
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke")]
 
 # every captioned result of the default run, the served plot, the learning curve and the paper
 # figures: file name -> its category in the report

@@ -38,6 +38,7 @@ from specbench.targets.runner import TargetRunner
 from specbench.training.trainer import train_draft
 
 pytestmark = [
+    pytest.mark.xdist_group("vllm"),  # one xdist worker (make test TEST_WORKERS=2)
     pytest.mark.served,
     pytest.mark.usefixtures("one_thread"),  # conftest: tiny models, one thread
     pytest.mark.skipif(

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests" / "slurm"))
 import localslurm  # noqa: E402
 import slurm_profile  # noqa: E402
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("smoke")]
 PROFILE = "workflow/profiles/slurm"
 SMOKE = "configs/smoke.yaml"
 # columns that measure this machine, not the method: decoding wall-clock time differs per run
