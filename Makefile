@@ -52,11 +52,10 @@ dry: $(STAMP)
 	$(VENV)/bin/snakemake -n --configfile $(CONFIG)
 
 # the serving venv too, so the `served` tests run (+175 s install, 3.5 GB; the tests 114-166 s)
-# TEST_WORKERS=2: pytest-xdist on 2 workers (--dist loadgroup; the modules that share the smoke
-# run, a vLLM engine or the planner's table carry xdist_group marks). Not the default: here
-# xdist 3.8 still ran one module's tests on both workers, and the SLURM tests' two clusters
-# broke each other (a full run at 9aae7ef: 3 failures, 713 passed, 39.6 min with other work)
-TEST_WORKERS ?= 0
+# pytest-xdist on TEST_WORKERS workers (--dist loadgroup): the modules that share the smoke run,
+# a vLLM engine or the planner's table carry xdist_group marks and run on one worker, scheduled
+# first (tests/conftest.py). TEST_WORKERS=0: one process
+TEST_WORKERS ?= 2
 test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m pytest -q -ra $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 

@@ -58,3 +58,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# the long xdist groups first (`make test` runs `--dist loadgroup` on 2 workers): a worker takes
+# work units in collection order, so collected last (alphabetically) the smoke group (the smoke
+# run, then the SLURM comparison on it) ran alone at the end. Stable: the rest keep their order
+FIRST = {"smoke": 0, "vllm": 1, "plan": 2}
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item: pytest.Item) -> int:
+        mark = item.get_closest_marker("xdist_group")
+        return FIRST.get(mark.args[0] if mark else None, len(FIRST))
+
+    items.sort(key=rank)
