@@ -329,16 +329,30 @@ def test_micro_batches_must_share_evenly_over_the_ranks(setup, monkeypatch):
         train_group(members(draft, [("kl", 0)], s), cache, s, s.steps, QUIET)
 
 
-def test_a_checkpoint_of_another_run_is_ignored(setup, tmp_path):
+@pytest.mark.parametrize("change", ["steps", "lr", "hparams"])
+def test_a_checkpoint_of_another_run_is_ignored(setup, tmp_path, change):
+    """A rerun after the schedule, the learning rate or the draft's hparams changed (the
+    checkpoint folder outlives Snakemake's rerun) starts afresh; the same run resumes."""
     cache, draft = setup
     s = settings(steps=3, checkpoint_every=1)
     train_group(members(draft, [("kl", 0)], s), cache, s, s.steps, QUIET, checkpoint=tmp_path)
     log = []
-    longer = settings(steps=4, checkpoint_every=1)  # another schedule: not this run's
-    again = members(draft, [("kl", 0)], longer)
-    train_group(again, cache, longer, longer.steps, log.append, checkpoint=tmp_path)
-    assert any("from another run" in line for line in log)
-    assert [r["step"] for r in again[0].records] == [0, 1, 2, 3]  # trained from the start
+    same = members(draft, [("kl", 0)], s)
+    train_group(same, cache, s, s.steps, log.append, checkpoint=tmp_path)
+    assert any("resumed" in line for line in log), log
+    other, other_draft = s, draft
+    if change == "steps":
+        other = settings(steps=4, checkpoint_every=1)
+    elif change == "lr":
+        other = settings(steps=3, checkpoint_every=1, lr=2e-2)
+    else:
+        other_draft = build_draft("medusa", draft.info, num_heads=2)
+    log = []
+    again = members(other_draft, [("kl", 0)], other)
+    train_group(again, cache, other, other.steps, log.append, checkpoint=tmp_path)
+    assert any("from another run" in line for line in log), log
+    steps = [r["step"] for r in again[0].records]
+    assert steps == list(range(other.steps)), steps  # trained from the start
 
 
 def test_steps_or_epochs_one_of_the_two():

@@ -48,6 +48,8 @@ makes them (``tests/test_ranks.py`` runs groups on 2 and 3 ranks under a hard ti
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -300,6 +302,22 @@ class Checkpoint:
         return step
 
 
+def run_fingerprint(
+    members: list[Member], names: list[str], train: TrainConfig, steps: int, pool: list[int]
+) -> dict:
+    """What a group checkpoint must match to be resumed: the drafts (names, architecture and
+    hparams), the training settings and the data pool. A rerun after any of them changed
+    (Snakemake reruns the job; the checkpoint folder outlives it) starts afresh instead of
+    resuming another run's weights. The same on every rank (a rank may hold no draft)."""
+    mine = {
+        json.dumps([m.draft.arch, m.draft.hparams], sort_keys=True, default=str) for m in members
+    }
+    drafts = sorted(set(gather_lists(sorted(mine))))
+    setup = {"drafts": drafts, "train": train.model_dump(mode="json"), "pool": pool}
+    digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()
+    return {"drafts": sorted(names), "steps": steps, "pool": len(pool), "setup": digest[:16]}
+
+
 def train_group(
     members: list[Member],
     source: FeatureSource,
@@ -341,11 +359,9 @@ def train_group(
     log(str(precision))
     autocast = precision.dtype
     names = gather_lists([m.name for m in members])
-    ckpt = (
-        Checkpoint(checkpoint, {"drafts": sorted(names), "steps": steps, "pool": len(pool)})
-        if checkpoint
-        else None
-    )
+    ckpt = Checkpoint(checkpoint, run_fingerprint(members, names, train, steps, pool)) if (
+        checkpoint
+    ) else None  # fmt: skip
     first = ckpt.load(members, log) if ckpt else 0
     with StopSignals() as stop:  # a signal: checkpoint at the end of the step, stop
         t0 = time.perf_counter()
