@@ -106,6 +106,10 @@ def test_a_draft_model_with_another_tokenizer_is_refused_in_one_line(tmp_path):
     tiny_llama(info.vocab_size - 1, D, 1).save_pretrained(smaller)
     with pytest.raises(ValueError, match=f"vocab_size {info.vocab_size - 1}, the target's"):
         build_draft("draft_lm", info, init="pretrained", model=str(smaller))
+    bare = tmp_path / "bare"  # no tokenizer files: the sizes agree, and it says what it skipped
+    tiny_llama(info.vocab_size, D, 1).save_pretrained(bare)
+    with pytest.warns(UserWarning, match="only the vocabulary sizes .* were compared"):
+        build_draft("draft_lm", info, init="pretrained", model=str(bare))
 
 
 def test_scratch_has_the_tvdpp_drafter_s_proportions():

@@ -38,6 +38,7 @@ export cannot express, so only full-vocabulary drafts are served (``formats/draf
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, ClassVar, Literal
@@ -113,8 +114,13 @@ def tokenizer_mismatch(draft_source, target_folder, draft_vocab: int, vocab: int
     try:
         mine = AutoTokenizer.from_pretrained(str(draft_source))
         theirs = AutoTokenizer.from_pretrained(str(target_folder))
-    except (OSError, ValueError):
-        return None  # one of them ships no tokenizer files: nothing more to compare
+    except (OSError, ValueError) as err:  # one of them ships no tokenizer files
+        warnings.warn(
+            f"draft_lm: only the vocabulary sizes of {draft_source} and {target_folder} were "
+            f"compared; a tokenizer did not load ({type(err).__name__}: {err})",
+            stacklevel=2,
+        )
+        return None
     a, b = mine.get_vocab(), theirs.get_vocab()
     if a != b:
         differ = sorted(set(a.items()) ^ set(b.items()), key=lambda kv: kv[1])
@@ -278,8 +284,10 @@ class DraftLM(Draft):
         """One token through the decoder layers and the head rows of the draft vocabulary
         (the embedding is a lookup; attention over the context is left out, as for every
         draft)."""
-        body = sum(p.numel() for p in self.lm.model.layers.parameters())
-        body += sum(p.numel() for p in self.lm.model.norm.parameters())
+        # the decoder (layers, final norm) is the base model less its input embedding,
+        # whatever the model family names them
+        base, embed = self.lm.base_model, self.lm.get_input_embeddings()
+        body = sum(p.numel() for p in base.parameters()) - embed.weight.numel()
         return 2.0 * (body + self.info.draft_vocab_size * self.lm.config.hidden_size)
 
 
