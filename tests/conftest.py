@@ -3,6 +3,7 @@ torch thread for the modules of tiny models."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from repo_copy import copy_repo
 
 
@@ -27,13 +29,35 @@ class SmokeRun:
 
 
 @pytest.fixture(scope="session")
-def smoke_local(tmp_path_factory) -> SmokeRun:
+def smoke_local(tmp_path_factory, worker_id) -> SmokeRun:
     """``snakemake --cores 2 --configfile configs/smoke.yaml`` in a repo copy, once.
 
-    The end-to-end tests (tests/test_pipeline.py) and the SLURM comparison
-    (tests/test_slurm.py) share it; read it as it is, or :meth:`SmokeRun.copy` it first.
+    The end-to-end tests (tests/test_pipeline.py, tests/test_report.py) and the SLURM
+    comparison (tests/test_slurm.py) share it; read it as it is, or :meth:`SmokeRun.copy` it
+    first. Under pytest-xdist they run on different workers (``make test``), so the run is
+    shared between workers: the first to ask runs it under a file lock in the session's
+    common temp folder, the others wait for it and read where it is (a failed run is
+    recorded, so a second worker fails at once rather than running it again).
     """
-    work = copy_repo(tmp_path_factory.mktemp("smoke_local"))
+    if worker_id == "master":  # one process
+        return run_smoke(tmp_path_factory.mktemp("smoke_local"))
+    root = tmp_path_factory.getbasetemp().parent  # common to this session's workers
+    record = root / "smoke_local.json"
+    with FileLock(str(root / "smoke_local.lock")):
+        if not record.is_file():
+            try:
+                run = run_smoke(root / "smoke_local")
+                record.write_text(json.dumps({"path": str(run.path), "seconds": run.seconds}))
+            except BaseException as err:
+                record.write_text(json.dumps({"error": str(err)[-4000:]}))
+                raise
+    saved = json.loads(record.read_text())
+    assert "error" not in saved, f"the shared smoke run failed:\n{saved.get('error')}"
+    return SmokeRun(Path(saved["path"]), saved["seconds"])
+
+
+def run_smoke(folder: Path) -> SmokeRun:
+    work = copy_repo(folder)
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "configs/smoke.yaml"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
@@ -61,9 +85,10 @@ def one_thread():
 
 
 # the long xdist groups first (`make test` runs `--dist loadgroup` on 2 workers): a worker takes
-# work units in collection order, so collected last (alphabetically) the smoke group (the smoke
-# run, then the SLURM comparison on it) ran alone at the end. Stable: the rest keep their order
-FIRST = {"smoke": 0, "vllm": 1, "plan": 2}
+# work units in collection order, so collected last (alphabetically) the smoke group ran alone
+# at the end. The smoke run's tests and the SLURM ones are two groups, on two workers, that
+# share the one smoke run (``smoke_local``). Stable: the rest keep their order
+FIRST = {"smoke": 0, "slurm": 1, "vllm": 2, "plan": 3}
 
 
 def pytest_collection_modifyitems(config, items):
