@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: no element-wise tensor comparison
 class IndexedRows:
     """``source[index]`` without the copy: row ``index[n, k]`` of ``source`` for each ``(n, k)``.
 

@@ -23,9 +23,11 @@ keeps only per-row scalars (plus ``log Σ exp z`` and ``Z`` per row); its backwa
 the chunks again, recomputes ``q``, ``p`` and ``r`` and writes ``∂loss/∂z`` chunk by chunk
 from the closed-form gradients above (``S`` is taken from the recomputed ``r``, so the α
 gradient sums to exactly zero). Three ``[chunk_rows, V]`` compute-dtype buffers (four for
-low-precision inputs) are all the full-vocabulary memory it ever allocates besides the
-returned gradient, whatever the number of rows; nothing of vocabulary size is saved between
-forward and backward except the inputs themselves. Targets get no gradient (frozen).
+low-precision inputs; one more, in the targets' dtype, for targets given as
+:class:`~.rows.IndexedRows`, gathered into it a chunk at a time in forward and again in
+backward) are all the full-vocabulary memory it ever allocates besides the returned
+gradient, whatever the number of rows; nothing of vocabulary size is saved between forward
+and backward except the inputs themselves. Targets get no gradient (frozen).
 Draft logits must be finite; target log-probs may be ``−inf``: they are floored at
 ``T_FLOOR = −10⁴`` wherever a log of the target enters (so ``p = 0`` exactly there and
 ``0 · log p = 0``); ``rkl`` therefore charges ``≈ 10⁴ · q(v)`` for draft mass on a token the
