@@ -2,11 +2,12 @@
 
 :func:`specbench.drafts.align.align` pairs each (anchor, draft step) row with the target's
 log-probs at one position of the batch: ``t[n, k] = logprobs[b, pos]``. Gathered at once that
-is an ``[N, K, V]`` copy of the ``[B, L, V]`` batch, about K-fold (13 GiB of float32 for MEDUSA
-on Llama-3.1-8B's 128k vocabulary). Everything that reads it (the losses'
-:class:`~specbench.losses.rowstats.RowStats`, the acceptance statistics) walks over rows in
-chunks anyway, so it takes :class:`IndexedRows` and gathers each chunk when it gets there.
-Targets get no gradient, so a backward that needs a chunk again gathers it again.
+is an ``[N, K, V]`` copy of the ``[B, L, V]`` batch, about K-fold (6.6 GiB of float32 for
+MEDUSA on Llama-3.1-8B's 128k vocabulary, K = 6, a micro-batch of 2 × 1,152 tokens).
+Everything that reads it (the losses' :class:`~specbench.losses.rowstats.RowStats`, the
+acceptance statistics) walks over rows in chunks anyway, so it takes :class:`IndexedRows`
+and gathers each chunk when it gets there. Targets get no gradient, so a backward that needs
+a chunk again gathers it again.
 
 Functions here take either a plain tensor or :class:`IndexedRows` (:data:`RowsLike`), so the
 losses keep accepting plain ``[N, K, V]`` tensors.
