@@ -25,6 +25,13 @@ loss, computing it from given logits, and back-propagating to the draft logits):
 
 ``--hidden d`` makes the logits the output of a trainable LM head ``h[N, K, d] @ W[V, d]ᵀ``
 so that a step is the smallest realistic training step (projection + loss, both backward).
+
+``--targets rows`` measures every loss twice on the targets of a training batch as ``align``
+makes them: ``N + K`` positions of target log-probs, row ``(n, k)`` reading position
+``n + k + 1``. ``spec`` gathers the ``[N, K, V]`` copy inside the step and computes the loss
+on it (what ``align`` did before :class:`~specbench.losses.rows.IndexedRows`); ``spec @rows``
+passes the rows by index, which the loss gathers a chunk at a time. The last lines give the
+paired ratio ``@rows / gathered`` per loss.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import time
 import torch
 
 from specbench.losses import LOSSES as REGISTRY
-from specbench.losses import build
+from specbench.losses import IndexedRows, build
 
 
 def default_losses() -> str:
@@ -72,9 +79,20 @@ def make_inputs(n: int, k: int, v: int, dtype: torch.dtype, device: str, seed: i
     return z, t.to(device=device, dtype=dtype), mask.to(device), labels.to(device)
 
 
+def indexed_targets(n: int, k: int, v: int, dtype: torch.dtype, device: str, seed: int = 0):
+    """Targets as ``align`` makes them (``--targets rows``): ``IndexedRows`` over ``n + k``
+    positions, row ``(i, j)`` reading position ``i + j + 1`` (each position read ~K times)."""
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    source = (3.0 * torch.randn(n + k, v + v // 4, generator=g)).log_softmax(-1)[:, :v]
+    index = torch.arange(n)[:, None] + torch.arange(1, k + 1)[None, :]  # [N, K]
+    return IndexedRows(source.contiguous().to(device=device, dtype=dtype), index.to(device))
+
+
 def step(fn, z, t, mask, labels, head=None) -> None:
     """One forward + backward. With ``head = (h, w)`` the logits are ``h @ wᵀ`` (a draft's LM
-    head, both ``h`` and ``w`` trainable), else ``z`` itself is the trainable leaf."""
+    head, both ``h`` and ``w`` trainable), else ``z`` itself is the trainable leaf. ``t``
+    may be a function that makes the targets (inside the step: a gather is timed with it)."""
+    t = t() if callable(t) else t
     if head is None:
         z.grad = None
     else:
@@ -120,6 +138,13 @@ def run_case(argv: list[str], opts: argparse.Namespace) -> None:
     z, t, mask, labels = make_inputs(case.tokens, case.k, case.vocab, dtype, opts.device)
     specs = _split_specs(opts.losses)
     fns = {s: build(s, chunk_rows=opts.chunk_rows) for s in specs}
+    targets = {s: t for s in specs}
+    if opts.targets == "rows":  # each loss on the gathered copy, then on the rows by index
+        rows_t = indexed_targets(case.tokens, case.k, case.vocab, dtype, opts.device)
+        targets = {s: rows_t.materialize for s in specs}
+        targets |= {f"{s} @rows": rows_t for s in specs}
+        fns |= {f"{s} @rows": fns[s] for s in specs}
+        specs = [x for s in specs for x in (s, f"{s} @rows")]
     rows = case.tokens * case.k
     head = None
     if opts.hidden:
@@ -134,8 +159,8 @@ def run_case(argv: list[str], opts: argparse.Namespace) -> None:
         f"{opts.dtype} logits, chunk {chunk} rows "
         f"(one full-vocab fp32 buffer of all rows = {rows * case.vocab * 4 / MB:.0f} MB)"
     )
-    for fn in fns.values():  # warm-up
-        step(fn, z, t, mask, labels, head)
+    for s in specs:  # warm-up
+        step(fns[s], z, targets[s], mask, labels, head)
     times: dict[str, list[float]] = {s: [] for s in specs}
     cpu: dict[str, list[float]] = {s: [] for s in specs}
     for r in range(opts.repeats):
@@ -143,11 +168,11 @@ def run_case(argv: list[str], opts: argparse.Namespace) -> None:
         for s in order:
             sync(opts.device)
             t0, c0 = time.perf_counter(), time.process_time()
-            step(fns[s], z, t, mask, labels, head)
+            step(fns[s], z, targets[s], mask, labels, head)
             sync(opts.device)
             times[s].append(time.perf_counter() - t0)
             cpu[s].append(time.process_time() - c0)
-    peaks = {s: peak_bytes(fns[s], z, t, mask, labels, opts.device, head) for s in specs}
+    peaks = {s: peak_bytes(fns[s], z, targets[s], mask, labels, opts.device, head) for s in specs}
     grad_bytes = z.numel() * z.element_size()
     kl = "kl" if "kl" in specs else specs[0]
     print(
@@ -159,15 +184,22 @@ def run_case(argv: list[str], opts: argparse.Namespace) -> None:
     for s in specs:
         mem = peaks[s] / peaks[kl]
         target = ""
-        if s in MAIN:
+        if s.removesuffix(" @rows") in MAIN:
             target = "ok" if _paired(judge[s], judge[kl]) <= 1.10 and mem <= 1.25 else "MISSED"
         work = "-" if head else f"{(peaks[s] - grad_bytes) / MB:.1f}"
+        label = fns[s].spec + (" @rows" if s.endswith(" @rows") else "")
         print(
-            f"| {fns[s].spec} | {statistics.median(times[s]) * 1e3:.0f} | "
+            f"| {label} | {statistics.median(times[s]) * 1e3:.0f} | "
             f"{_paired(times[s], times[kl]):.3f} | {statistics.median(cpu[s]) * 1e3:.0f} | "
             f"{_paired(cpu[s], cpu[kl]):.3f} | {peaks[s] / MB:.0f} | {mem:.3f} | {work} | "
             f"{target} |"
         )
+    if opts.targets == "rows":
+        which = "wall" if opts.device == "cuda" else "cpu"
+        print(f"\n@rows / gathered, paired median {which} time and peak:")
+        for s in specs[::2]:
+            ratio = _paired(judge[f"{s} @rows"], judge[s])
+            print(f"- {fns[s].spec}: {ratio:.3f}, peak {peaks[f'{s} @rows'] / peaks[s]:.3f}")
 
 
 def _paired(xs: list[float], ref: list[float]) -> float:
@@ -208,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--chunk-rows", type=int, default=None)
     p.add_argument("--hidden", type=int, default=0, help="add a draft LM head of this width")
+    p.add_argument("--targets", default="tensor", choices=["tensor", "rows"],
+                   help="rows: also each loss on the rows by index (IndexedRows)")  # fmt: skip
     opts = p.parse_args(head)
     if opts.threads:
         torch.set_num_threads(opts.threads)

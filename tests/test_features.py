@@ -75,6 +75,7 @@ def test_align_pairs_step_k_with_p_at_anchor_plus_k(tmp_path):
     k = 3
     st = align(_Probe(info), batch, k, target_to_draft_map(d2t, 64))
     width = batch["input_ids"].shape[1]
+    target_logprobs = st.target_logprobs.materialize()  # [N, K, V]: rows by index, gathered
     for b, s in enumerate(seqs):
         ids = s.ids
         m, n = len(s.prompt_ids), len(s.response_ids)
@@ -85,7 +86,7 @@ def test_align_pairs_step_k_with_p_at_anchor_plus_k(tmp_path):
                 assert bool(st.mask[row, j - 1]) == valid, (b, a, j)
                 if valid:
                     want = cache.sequence(b)["logprobs"][pos]
-                    torch.testing.assert_close(st.target_logprobs[row, j - 1], want)
+                    torch.testing.assert_close(target_logprobs[row, j - 1], want)
                     tok = ids[pos + 1]
                     assert st.labels[row, j - 1] == (tok // 2 if tok % 2 == 0 else -100)
 

@@ -101,7 +101,9 @@ def expected_tau_by_prompt(
 
 
 # CUDA memory the float32 [N, K, V] tensors of one expected-τ batch may take together: the
-# draft's logits, the target's log-probs, and acceptance_probs' temporaries (p, q, min(p, q))
+# draft's logits, the target's log-probs, and acceptance_probs' temporaries (p, q, min(p, q)).
+# Conservative since the target's log-probs stay the batch's rows by index and acceptance_probs
+# works a chunk of rows at a time: of these only the draft's logits are still [N, K, V].
 EXPECTED_BUDGET = 16 * 2**30
 EXPECTED_TENSORS = 5
 

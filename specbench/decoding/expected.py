@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 
 from specbench.acceptance import alpha
+from specbench.losses.rows import RowsLike, row_chunk
+from specbench.losses.rowstats import default_chunk_rows
 
 
 def expected_tau(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -30,9 +32,10 @@ def expected_tau(alpha: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def acceptance_probs(
     draft_logits: torch.Tensor,
-    target_logprobs: torch.Tensor,
+    target_logprobs: RowsLike,
     target_argmax_in_draft: torch.Tensor,
     temperature: float,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Per-step acceptance probability α [N, K] of a draft against the target, in fp32.
 
@@ -40,10 +43,14 @@ def acceptance_probs(
         draft_logits: [N, K, Vd] draft logits over the draft vocabulary.
         target_logprobs: [N, K, Vd] target log-probabilities normalised over the *full* target
             vocabulary, then sliced to the draft vocabulary (not renormalised: mass outside the
-            draft vocabulary can never be accepted).
+            draft vocabulary can never be accepted); a tensor or
+            :class:`~specbench.losses.rows.IndexedRows`.
         target_argmax_in_draft: [N, K] draft id of the target's argmax, ``-1`` if the argmax
             lies outside the draft vocabulary (then nothing is accepted at T=0).
         temperature: ``1`` → ``α = Σ_v min(p(v), q(v))``; ``0`` → ``α = 1{argmax q = argmax p}``.
+        chunk_rows: rows (anchor × step) per chunk at T=1 (default: as the losses',
+            :func:`~specbench.losses.rowstats.default_chunk_rows`): ``p``, ``q`` and
+            ``min(p, q)`` are float32 ``[chunk_rows, Vd]`` temporaries, not ``[N, K, Vd]``.
 
     Other temperatures would need the target's full-vocabulary normaliser of ``p^(1/T)``,
     which the sliced log-probabilities do not carry, so they are rejected.
@@ -55,6 +62,13 @@ def acceptance_probs(
             f"acceptance_probs supports T=0 and T=1 exactly, not T={temperature}: tempering "
             "sliced target log-probabilities needs the full-vocabulary normaliser"
         )
-    q = torch.softmax(draft_logits.float(), dim=-1)
-    p = target_logprobs.float().exp()
-    return alpha(p, q)
+    *lead, v = draft_logits.shape
+    z = draft_logits.reshape(-1, v)  # [R, Vd]
+    out = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    step = chunk_rows or default_chunk_rows(v, z.device)
+    for lo in range(0, z.shape[0], step):
+        hi = min(z.shape[0], lo + step)
+        q = torch.softmax(z[lo:hi].float(), dim=-1)
+        p = row_chunk(target_logprobs, lo, hi).float().exp()
+        out[lo:hi] = alpha(p, q)
+    return out.view(lead)

@@ -1,7 +1,9 @@
 """Draft-training losses, by name: ``build("lk_lambda(eta=10)")`` returns a callable.
 
 ``loss = build(spec)(draft_logits=[N,K,V], target_logits=[N,K,V], mask=[N,K], labels=[N,K])``
-returns ``Σ_k w_k·L_k (+ block terms)``; see :mod:`specbench.losses.core`. Spec grammar in
+returns ``Σ_k w_k·L_k (+ block terms)``; see :mod:`specbench.losses.core`. The targets may also
+be :class:`IndexedRows` (rows of a batch by index, gathered a chunk at a time:
+:mod:`specbench.losses.rows`). Spec grammar in
 :mod:`specbench.losses.spec`; names and parameters: :func:`available`.
 
 One module per base loss, named after it (``kl.py`` holds ``kl``); the position weightings
@@ -14,15 +16,18 @@ is the registration order and so the canonical order of terms in a spec label.
 from . import kl, tv, lk_alpha, lk_lambda, tvdpp, ce, rkl, jsd, hellinger, weighting  # noqa: F401, I001
 from .core import LossFn, Rows, build, position_mean
 from .registry import LOSSES, available, canonical, register_loss
+from .rows import IndexedRows, RowsLike
 from .rowstats import Request, row_stats
 from .spec import parse
 from .weighting import suffix_survival
 
 __all__ = [
     "LOSSES",
+    "IndexedRows",
     "LossFn",
     "Request",
     "Rows",
+    "RowsLike",
     "available",
     "build",
     "canonical",

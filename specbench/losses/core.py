@@ -18,6 +18,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from .eager import STATISTICS
 from .registry import Resolved, canonical, resolve
+from .rows import RowsLike
 from .rowstats import STAT_NAMES, Request, row_stats
 
 
@@ -132,13 +133,14 @@ class LossFn:
         self,
         *,
         draft_logits: Tensor,
-        target_logits: Tensor,
+        target_logits: RowsLike,
         mask: Tensor,
         labels: Tensor | None = None,
     ) -> Tensor:
         """``draft_logits`` and ``target_logits`` ``[..., K, V]`` (target: log-probs normalised
-        over the full target vocabulary, then sliced to the draft vocabulary), ``mask``
-        ``[..., K]`` bool, ``labels`` ``[..., K]`` draft-vocab ids (−100: none)."""
+        over the full target vocabulary, then sliced to the draft vocabulary; a tensor, or
+        :class:`~specbench.losses.rows.IndexedRows` that are gathered a chunk at a time),
+        ``mask`` ``[..., K]`` bool, ``labels`` ``[..., K]`` draft-vocab ids (−100: none)."""
         z, t, mask, labels = _check_inputs(self, draft_logits, target_logits, mask, labels)
         n, k, v = z.shape
         y = labels.reshape(-1) if labels is not None else None
@@ -171,7 +173,7 @@ class LossFn:
         return f"LossFn({self.spec!r})"
 
 
-def _check_inputs(fn: LossFn, z: Tensor, t: Tensor, mask: Tensor, labels: Tensor | None):
+def _check_inputs(fn: LossFn, z: Tensor, t: RowsLike, mask: Tensor, labels: Tensor | None):
     if z.dim() < 2 or z.shape != t.shape:
         raise ValueError(
             f"draft_logits {tuple(z.shape)} and target_logits {tuple(t.shape)} must both be "

@@ -23,9 +23,11 @@ keeps only per-row scalars (plus ``log Σ exp z`` and ``Z`` per row); its backwa
 the chunks again, recomputes ``q``, ``p`` and ``r`` and writes ``∂loss/∂z`` chunk by chunk
 from the closed-form gradients above (``S`` is taken from the recomputed ``r``, so the α
 gradient sums to exactly zero). Three ``[chunk_rows, V]`` compute-dtype buffers (four for
-low-precision inputs) are all the full-vocabulary memory it ever allocates besides the
-returned gradient, whatever the number of rows; nothing of vocabulary size is saved between
-forward and backward except the inputs themselves. Targets get no gradient (frozen).
+low-precision inputs; one more, in the targets' dtype, for targets given as
+:class:`~.rows.IndexedRows`, gathered into it a chunk at a time in forward and again in
+backward) are all the full-vocabulary memory it ever allocates besides the returned
+gradient, whatever the number of rows; nothing of vocabulary size is saved between forward
+and backward except the inputs themselves. Targets get no gradient (frozen).
 Draft logits must be finite; target log-probs may be ``−inf``: they are floored at
 ``T_FLOOR = −10⁴`` wherever a log of the target enters (so ``p = 0`` exactly there and
 ``0 · log p = 0``); ``rkl`` therefore charges ``≈ 10⁴ · q(v)`` for draft mass on a token the
@@ -49,6 +51,7 @@ from typing import Any, Literal
 import torch
 
 from .eager import LOG2, T_FLOOR, eager_row_stats
+from .rows import IndexedRows, RowsLike, materialize, row_chunk
 
 # the statistics with a fused kernel here; any other of .eager.STATISTICS is computed there
 STAT_NAMES = ("kl", "rkl", "jsd", "alpha", "pg_r", "pg_1", "pg_s", "logq_y")
@@ -248,38 +251,59 @@ def _workspace(z: torch.Tensor, chunk_rows: int, dtype: torch.dtype) -> list[tor
     return list(ws.unbind(0)) + ([ws[0, :0]] if n == 3 else [])
 
 
+def _target_buffer(t: RowsLike, chunk_rows: int) -> torch.Tensor | None:
+    """A ``[chunk, V]`` buffer (in ``t``'s dtype) to gather chunks of :class:`IndexedRows`
+    into, reused from chunk to chunk; ``None`` for a plain tensor, whose chunks are views."""
+    if not isinstance(t, IndexedRows):
+        return None
+    return t.source.new_empty((min(chunk_rows, t.index.numel()), t.shape[-1]))
+
+
 class RowStats(torch.autograd.Function):
-    """``stats[R, n] = RowStats.apply(z[R, V], t[R, V], y[R], request, chunk_rows, dtype)``."""
+    """``stats[R, n] = RowStats.apply(z[R, V], t[R, V], y[R], request, chunk_rows, dtype)``.
+
+    ``t`` is a tensor or :class:`~.rows.IndexedRows`, read a chunk at a time (gathered in
+    forward, and again in backward: nothing of its size is kept in between).
+    """
 
     @staticmethod
-    def forward(ctx, z, t, y, req: Request, chunk_rows: int, dtype: torch.dtype):
+    def forward(ctx, z, t: RowsLike, y, req: Request, chunk_rows: int, dtype: torch.dtype):
         rows = z.shape[0]
         names = req.fused
         stats = z.new_empty((rows, len(names)), dtype=dtype)
         lse = z.new_empty((rows, 1), dtype=dtype)
         zsum = z.new_empty((rows, 1), dtype=dtype)
         ws = _workspace(z, chunk_rows, dtype)
+        t_buf = _target_buffer(t, chunk_rows)
         for lo in range(0, rows, chunk_rows):
             sl = slice(lo, lo + chunk_rows)
-            out, lse[sl], zsum[sl] = _forward_chunk(z[sl], t[sl], y[sl], req, ws)
+            hi = min(rows, lo + chunk_rows)
+            t_sl = row_chunk(t, lo, hi, None if t_buf is None else t_buf[: hi - lo])
+            out, lse[sl], zsum[sl] = _forward_chunk(z[sl], t_sl, y[sl], req, ws)
             for j, name in enumerate(names):
                 stats[sl, j] = out[name]
-        ctx.save_for_backward(z, t, y, lse, zsum)
+        # a plain t is saved as itself; IndexedRows as its source and index (index None: plain)
+        source, index = (t.source, t.index) if isinstance(t, IndexedRows) else (t, None)
+        ctx.save_for_backward(z, source, index, y, lse, zsum)
         ctx.req, ctx.chunk_rows, ctx.dtype = req, chunk_rows, dtype
         return stats
 
     @staticmethod
     def backward(ctx, grad_stats):
-        z, t, y, lse, zsum = ctx.saved_tensors
+        z, source, index, y, lse, zsum = ctx.saved_tensors
+        t = source if index is None else IndexedRows(source, index)
         req, cr, dtype = ctx.req, ctx.chunk_rows, ctx.dtype
         grad_z = torch.empty_like(z)
         ws = _workspace(z, cr, dtype)
+        t_buf = _target_buffer(t, cr)
         names = req.fused
         for lo in range(0, z.shape[0], cr):
             sl = slice(lo, lo + cr)
+            hi = min(z.shape[0], lo + cr)
+            t_sl = row_chunk(t, lo, hi, None if t_buf is None else t_buf[: hi - lo])
             g = {name: grad_stats[sl, j] for j, name in enumerate(names)}
             out = grad_z[sl] if z.dtype == dtype else ws[3][: grad_z[sl].shape[0]]
-            out = _backward_chunk(z[sl], t[sl], y[sl], lse[sl], zsum[sl], g, req, ws, out)
+            out = _backward_chunk(z[sl], t_sl, y[sl], lse[sl], zsum[sl], g, req, ws, out)
             if z.dtype != dtype:
                 grad_z[sl] = out
         return grad_z, None, None, None, None, None
@@ -287,12 +311,13 @@ class RowStats(torch.autograd.Function):
 
 def row_stats(
     z: torch.Tensor,
-    t: torch.Tensor,
+    t: RowsLike,
     y: torch.Tensor | None,
     req: Request,
     chunk_rows: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-row statistics ``{name: [R]}`` of ``z[R, V]`` (draft logits) vs ``t[R, V]``.
+    """Per-row statistics ``{name: [R]}`` of ``z[R, V]`` (draft logits) vs ``t[R, V]`` (a
+    tensor or :class:`~.rows.IndexedRows`: no gradient reaches it either way).
 
     Computed in float64 if either input is float64, else float32. ``y`` ([R] long, −100 for
     no label) is needed only for ``logq_y`` (entries with ``y < 0`` are meaningless there).
@@ -302,8 +327,13 @@ def row_stats(
     if y is None:
         y = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
     cr = chunk_rows or default_chunk_rows(z.shape[-1], z.device)
+    t = t.detach() if isinstance(t, torch.Tensor) else t  # IndexedRows: not an autograd input
     out = {}
     if req.fused:
-        stats = RowStats.apply(z, t.detach(), y, req, cr, dtype)
+        stats = RowStats.apply(z, t, y, req, cr, dtype)
         out = {name: stats[:, j] for j, name in enumerate(req.fused)}
-    return out | eager_row_stats(z, t, y, req.eager, req.alpha_on, dtype)
+    if not req.eager:
+        return out
+    # the eager statistics hold [R, V] tensors of every row for autograd anyway, so their
+    # targets are simply gathered whole: this path is the test oracle and the start of a loss
+    return out | eager_row_stats(z, materialize(t), y, req.eager, req.alpha_on, dtype)

@@ -23,7 +23,8 @@ them:
   draws are functions of the step, so a resumed run equals an uninterrupted one).
 
 The trainer aligns each anchor and draft step with the target's distribution and token
-(:func:`specbench.drafts.align.align`), then hands ``[N, K, V]`` tensors to the loss.
+(:func:`specbench.drafts.align.align`), then hands the ``[N, K, V]`` draft logits and the
+target log-probs (the batch's rows by index, not an ``[N, K, V]`` copy) to the loss.
 
 The collective order
 --------------------
@@ -66,6 +67,7 @@ from specbench.drafts.align import StepTargets, align, training_k
 from specbench.drafts.base import Draft
 from specbench.features.vocab import target_to_draft_map
 from specbench.io import progress, tmp_path_for
+from specbench.losses.rows import row_chunk
 from specbench.losses.rowstats import default_chunk_rows
 from specbench.training.config import TrainConfig
 from specbench.training.precision import choose_precision
@@ -157,14 +159,16 @@ def acceptance_by_position(st: StepTargets) -> torch.Tensor:
     """Mean α_k = Σ_v min(p, q) per draft position over valid rows (a training diagnostic).
 
     In chunks of rows, as the loss: whole, its float32 temporaries would be three
-    [N, K, V] tensors (40 GiB for MEDUSA on Llama-3.1-8B's 128k vocabulary)."""
+    [N, K, V] tensors (40 GiB for MEDUSA on Llama-3.1-8B's 128k vocabulary); the target
+    log-probs are gathered a chunk at a time too (``row_chunk``)."""
     n, k, v = st.logits.shape
     rows = max(1, default_chunk_rows(v, st.logits.device) // k)
     total = st.logits.new_zeros(k, dtype=torch.float32)
     for lo in range(0, n, rows):
-        q = torch.softmax(st.logits[lo : lo + rows].float(), -1)
-        a = alpha(st.target_logprobs[lo : lo + rows].exp(), q)
-        total += (a * st.mask[lo : lo + rows]).sum(0)
+        hi = min(n, lo + rows)
+        q = torch.softmax(st.logits[lo:hi].float(), -1)  # [hi − lo, K, V]
+        p = row_chunk(st.target_logprobs, lo * k, hi * k).view(hi - lo, k, v).exp()
+        total += (alpha(p, q) * st.mask[lo:hi]).sum(0)
     return total / st.mask.sum(0).clamp(min=1)
 
 
