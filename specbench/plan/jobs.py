@@ -15,6 +15,9 @@
               of 64·(K−1) branch tokens, full-vocabulary log-softmax, p and q [64, K, Vd])
     peak      target + draft + max(expected, unbiased)·(1 + MARGIN) + CONTEXT
 
+(the planner traces ``unbiased`` once per target, at its architectures' largest draft
+vocabulary and K: an upper bound for the others).
+
 The phases run one after another. Live decoding (batch 1, the target's and the draft's KV
 caches of prompt + ``live_new_tokens`` ≤ the sequence) and T=0 replay (no target) hold less
 than ``unbiased``'s prefill of the whole sequence and are not traced.

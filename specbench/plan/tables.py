@@ -76,14 +76,17 @@ def target_rows(cfg, name: str, shape, params: tuple[float, float], gpu_gib: flo
     figs = target_figures(cfg, name, shape, params, limit)
     bigger = f"or ask for a bigger GPU (targets.{name}.gpu_model: one of {', '.join(cost.GPU_GIB)})"
     rows = []
-    unb: dict[tuple[int, int], int] = {}
-    for arch in cfg.archs_for(name):
+    # the unbiased phase runs the target, whatever the draft: traced once per target at the
+    # largest draft vocabulary and K of its architectures (its memory grows with both), an
+    # upper bound for the others; each traced MoE forward takes ~10 s on a CPU
+    archs = cfg.archs_for(name)
+    vd_max = max(arch_vocab(cfg, shape, a) for a in archs)
+    unb = unbiased_memory(shape, vd_max, eval_len, max(cfg.eval.k_for(a) for a in archs), dtype)
+    for arch in archs:
         vd, k = arch_vocab(cfg, shape, arch), cfg.eval.k_for(arch)
         em = eval_memory(shape, arch, cfg.hparams_for(name, arch), vd, eval_len, k,
                          dtype=dtype, target=False)  # fmt: skip
-        if (vd, em.k) not in unb:  # the target's part depends on the vocabulary and K only
-            unb[(vd, em.k)] = unbiased_memory(shape, vd, eval_len, em.k, dtype)
-        em.unbiased = unb[(vd, em.k)]
+        em.unbiased = unb
         parts = job_peak(tgt, em.draft, em.work)
         arch_model = t.gpu_model_for(arch)
         lim = cost.GPU_GIB.get(arch_model, gpu_gib)
@@ -126,8 +129,7 @@ def target_rows(cfg, name: str, shape, params: tuple[float, float], gpu_gib: flo
             )
         rows.append(_row(f"{name} responses", f"{b}", parts, limit, model, figs["responses"],
                          ranks, jobs, why))  # fmt: skip
-    fb = data.feature_batch_size
-    vd = max(arch_vocab(cfg, shape, a) for a in cfg.archs_for(name))
+    fb, vd = data.feature_batch_size, vd_max
     for rule in ["features_eval"] + (["features_train"] if cfg.train.features == "cache" else []):
         length = eval_len if rule == "features_eval" else cost.TOKENS
         parts = job_peak(tgt, 0, forward_memory(shape, vd, fb, length, dtype))
