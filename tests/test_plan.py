@@ -1,7 +1,8 @@
 """The planner's memory model against measurement: traced (FakeTensorMode, nothing
 allocated) vs measured (the CPU allocator's events in ``torch.profiler``, a real run), for
 a draft's training micro-step at 3 shapes per architecture (hidden size, sequence length,
-vocabulary, K) and for the online target forward at 3 shapes. Each within 15%."""
+vocabulary, K), for the online target forward at 3 shapes, for an evaluation's phases at 3
+shapes per architecture and for HF generation's forwards at 3 shapes. Each within 15%."""
 
 from __future__ import annotations
 
@@ -277,6 +278,19 @@ def test_the_cost_formulas_by_hand():
     assert c.target_gpu_h == pytest.approx(4 * 10 * 32 * t_f / 3600)
     forwards, hours = cost.regeneration_gpu_hours(21e9, 3.6e9, 0.0, 1, 660_000, 64, 1024)
     assert forwards == 10_313 * 1025 and hours == pytest.approx(forwards * cost.FLOOR / 3600)
+    # one evaluation of an 8B target on 1 GPU: 3 domains × 80 prompts, 60 live, 512 live
+    # tokens, 64 anchors, K = 7, sequences of 648 tokens, T = 0 and 1
+    h = cost.eval_hours(8e9, 8e9, 0.0, 1, 7, 648, 240, 60, 512, 64, [0, 1])
+    t_tok = max(2 * 8e9 / 3.35e12, cost.FLOOR)  # 0.03 s: the floor
+    t_seq = 2 * 8e9 * 648 / fu  # 0.026 s < the floor
+    rounds = 512 / cost.TAU
+    live = 60 * rounds * (t_tok + 7 * cost.DRAFT_STEP)
+    unbiased = 240 * (max(t_seq, cost.FLOOR) + 1 * t_tok + 64 * 7 * cost.DRAFT_STEP)
+    replay = 240 * rounds * 7 * cost.DRAFT_STEP
+    load = 2 * 8e9 / cost.DISK
+    assert h == pytest.approx((live + unbiased + replay + load) / 3600)
+    f = cost.features_hours(8e9, 8e9, 0.0, 1, 80, 8, 648)
+    assert f == pytest.approx((10 * (2 * 8e9 * 8 * 648 / fu) + load) / 3600)
 
 
 def test_the_vllm_generation_formulas_by_hand():

@@ -16,7 +16,7 @@ from specbench.plan.jobs import eval_memory, generation_memory, job_peak, unbias
 from specbench.plan.memory import GiB, forward_memory, target_bytes
 from specbench.plan.profile import arch_vocab, target_figures, zero3_of
 
-HEAD = (f"{'target/arch':26s} GPUs  K/b   target   draft  activ.  margin    peak  limit"
+HEAD = (f"{'target/arch job':31s} GPUs  K/b   target   draft  activ.  margin    peak  limit"
         "       host  jobs  h/job    GPU-h")  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def _row(label: str, kb: str, parts: dict | None, lim: float, model: str, fig: d
         cells += f" {parts['margin'] / GiB:7.1f} {parts['peak'] / GiB:7.1f}"
     else:
         cells = f"{'vLLM: ' + ('fits' if why is None else 'does not fit'):>39s}"
-    line = (f"{label:26s} {ranks:4d} {kb:>4s} {cells}  {lim:3.0f} {model or 'any':4s}"
+    line = (f"{label:31s} {ranks:4d} {kb:>4s} {cells}  {lim:3.0f} {model or 'any':4s}"
             f" {fig['host'] / GiB:7.0f} {jobs:5d} {fig['hours']:6.1f} {gpu_h:8,.0f}"
             + ("" if why is None else "  DOES NOT FIT"))  # fmt: skip
     return Row(line, why, gpu_h)
