@@ -95,8 +95,12 @@ def target_figures(cfg, name: str, shape, params: tuple[float, float], gpu_gib: 
     jobs = [(data.eval_prompts_per_domain, data.eval_new_tokens)]
     if not t.train_completions:
         jobs.append((data.response_shard_prompts or n, data.train_new_tokens))
-    put("responses", max(_generation_hours(cfg, name, shape, params, gpu_gib, m, new)
-                         for m, new in jobs))  # fmt: skip
+    hours = max(_generation_hours(cfg, name, shape, params, gpu_gib, m, new) for m, new in jobs)
+    if t.engine_generate == "vllm":  # vLLM holds the weights on the GPUs, whatever ZeRO-3 says
+        out["responses"] = {"host": host_parts("responses", **{**common, "offload": False})
+                            ["total"], "hours": hours}  # fmt: skip
+    else:
+        put("responses", hours)
     seqs = data.eval_prompts_per_domain
     put("features_eval", cost.features_hours(total, active, gather, ranks, seqs,
         data.feature_batch_size, eval_len, cfg.eval.prefix_kv), cache=eval_cache)  # fmt: skip
