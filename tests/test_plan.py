@@ -1,9 +1,12 @@
 """The planner's memory model against measurement: traced (FakeTensorMode, nothing
 allocated) vs measured (the CPU allocator's events in ``torch.profiler``, a real run), for
 a draft's training micro-step at 3 shapes per architecture (hidden size, sequence length,
-vocabulary, K) and for the online target forward at 3 shapes. Each within 15%."""
+vocabulary, K), for the online target forward at 3 shapes, for an evaluation's phases at 3
+shapes per architecture and for HF generation's forwards at 3 shapes. Each within 15%."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +16,8 @@ from transformers import LlamaConfig
 from specbench.plan import memory
 from specbench.plan.memory import draft_memory, forward_memory
 from specbench.plan.trace import profiled_peak
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.plan,
@@ -97,9 +102,82 @@ def test_a_traced_target_forward_is_within_15_percent_of_the_measured_one(shape)
     assert abs(ratio - 1) <= 0.15, ROWS[-1]
 
 
+def measuring(module, monkeypatch) -> list[int]:
+    """Replace ``module.PeakMemory`` by one whose ``with`` blocks the CPU allocator measures
+    too (the real run's phases); returns the list their measured peaks go to."""
+    peaks: list[int] = []
+
+    class Measure(memory.PeakMemory):
+        def __enter__(self):
+            self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+            self._profile.__enter__()
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            self._profile.__exit__(*exc)
+            peaks.append(profiled_peak(self._profile))
+
+    monkeypatch.setattr(module, "PeakMemory", Measure)
+    return peaks
+
+
+@pytest.mark.parametrize("arch", list(HPARAMS))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_traced_evaluation_is_within_15_percent_of_the_measured_one(monkeypatch, arch, shape):
+    """``evaluate_draft``'s phases (``specbench.plan.jobs``): an expected-τ batch of the
+    draft, and the unbiased estimator's prefill + branch verification on the target."""
+    from specbench.plan import jobs
+
+    hidden, vocab, vd, b, length, k = shape
+    cfg = config(hidden, vocab)
+    args = (cfg, arch, HPARAMS[arch], vd, length, k + 1)  # evaluation K: one above training's
+    kw = dict(batch=b, dtype=torch.float32, cuda=False)
+    traced = jobs.eval_memory(*args, fake=True, **kw)
+    peaks = measuring(jobs, monkeypatch)
+    torch.manual_seed(0)
+    real = jobs.eval_memory(*args, fake=False, **kw)
+    expected, unbiased = peaks  # the two phases, in the order they run
+    assert traced.draft == real.draft and traced.k == real.k
+    r_exp, r_unb = traced.expected / expected, traced.unbiased / unbiased
+    ROWS.append(
+        f"eval {arch:16s} d={hidden} V={vocab} Vd={vd} L={length} K={traced.k}: expected τ "
+        f"measured {expected / 2**20:6.2f} MiB, traced {traced.expected / 2**20:6.2f} MiB, "
+        f"{r_exp:.3f}; unbiased measured {unbiased / 2**20:6.2f} MiB, traced "
+        f"{traced.unbiased / 2**20:6.2f} MiB, {r_unb:.3f}"
+    )
+    assert abs(r_exp - 1) <= 0.15 and abs(r_unb - 1) <= 0.15, ROWS[-1]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_traced_generation_is_within_15_percent_of_the_measured_one(monkeypatch, shape):
+    """HF generate's forwards (``specbench.plan.jobs.generation_memory``): the prefill of a
+    batch of prompts with its KV cache, then one decode step against it."""
+    from specbench.plan import jobs
+
+    hidden, vocab, _, b, length, _ = shape
+    cfg = config(hidden, vocab)
+    args = (cfg, 2 * b, length, length)
+    traced = jobs.generation_memory(*args, dtype=torch.float32, fake=True, cuda=False)
+    peaks = measuring(jobs, monkeypatch)
+    jobs.generation_memory(*args, dtype=torch.float32, fake=False, cuda=False)
+    prefill, step = peaks
+    # the decode block starts with the prompts' cache alive: the allocator sees only above it
+    kv = traced.kv * length // (2 * length)
+    t_step = traced.step + kv // length
+    r_pre, r_step = traced.prefill / prefill, t_step / step
+    ROWS.append(
+        f"generate d={hidden} V={vocab} b={2 * b} L={length}: prefill measured "
+        f"{prefill / 2**20:6.2f} MiB, traced {traced.prefill / 2**20:6.2f} MiB, {r_pre:.3f}; "
+        f"decode step measured {step / 2**20:6.2f} MiB, traced {t_step / 2**20:6.2f} MiB, "
+        f"{r_step:.3f}"
+    )
+    assert abs(r_pre - 1) <= 0.15 and abs(r_step - 1) <= 0.15, ROWS[-1]
+
+
 def test_print_the_table():
     print("\n" + "\n".join(ROWS))
-    assert len(ROWS) == 3 * len(CASES) + 3
+    assert len(ROWS) == 3 * len(CASES) + 3 + 3 * len(HPARAMS) + 3
 
 
 def test_the_planner_refuses_a_job_that_does_not_fit_in_one_line(tmp_path, capsys):
@@ -113,11 +191,48 @@ def test_the_planner_refuses_a_job_that_does_not_fit_in_one_line(tmp_path, capsy
     cfg = data["cfg"]
     cfg["targets"]["tiny"].update(gpus=1, group_size=2)
     assert plan(cfg, gpu_gib=1.0) == []
-    (refusal,) = plan(cfg, gpu_gib=2**-10)
-    assert refusal.startswith("train_group tiny/eagle3: ") and "GiB per GPU > 0 GiB" in refusal
+    refusals = plan(cfg, gpu_gib=2**-10)
+    # one line per job type: training, evaluation, responses, the evaluation caches
+    assert [r.split(":")[0] for r in refusals] == [
+        "train_group tiny/eagle3", "evaluate_draft tiny/eagle3", "responses tiny",
+        "features_eval tiny",
+    ]  # fmt: skip
+    refusal = refusals[0]
+    assert "GiB per GPU > 0 GiB" in refusal
     assert "targets.tiny.group_size (2)" in refusal
     assert "targets.tiny.micro_batch_size (2)" in refusal
-    assert "tiny/eagle3" in capsys.readouterr().out
+    assert "targets.tiny.gpus (1)" in refusals[1]
+    assert "data.generation_batch_size (8)" in refusals[2]
+    assert "data.feature_batch_size (8)" in refusals[3]
+    out = capsys.readouterr().out
+    assert "tiny/eagle3 eval" in out and "tiny responses" in out
+
+
+def test_the_shipped_profile_is_what_the_planner_writes():
+    """``workflow/profiles/slurm/config.yaml``'s generated ``mem_mb`` and ``runtime`` equal
+    what ``python -m specbench.plan --configfile configs/paper.yaml --write-profile`` writes
+    (no tracing: parameter counts and the cost formulas)."""
+    import yaml
+
+    from specbench.config import load_config
+    from specbench.plan.cost import GPU_GIB
+    from specbench.plan.profile import COMMAND, profile_values, write_profile
+
+    path = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
+    text = path.read_text()
+    cfg = load_config(yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text()))
+    values = profile_values(cfg, GPU_GIB["h100"])
+    assert write_profile(text, values) == text, f"stale: rerun {COMMAND}"
+    assert COMMAND in text  # the profile says how its values are made
+    # the headroom as the module states it, on one value
+    from specbench.plan.cost import target_params
+    from specbench.plan.profile import HEADROOM_MEM, target_figures
+    from specbench.plan.shapes import target_config
+
+    shape = target_config(cfg.targets["llama31-8b"].model)
+    fig = target_figures(cfg, "llama31-8b", shape, target_params(shape), GPU_GIB["h100"])
+    host = fig["evaluate_draft"]["host"]
+    assert values["evaluate_draft"][0]["llama31-8b"] == -(-HEADROOM_MEM * host // 1e9) * 1000
 
 
 def test_the_planners_shapes_are_the_real_configs_the_twins_mirror():
@@ -163,6 +278,19 @@ def test_the_cost_formulas_by_hand():
     assert c.target_gpu_h == pytest.approx(4 * 10 * 32 * t_f / 3600)
     forwards, hours = cost.regeneration_gpu_hours(21e9, 3.6e9, 0.0, 1, 660_000, 64, 1024)
     assert forwards == 10_313 * 1025 and hours == pytest.approx(forwards * cost.FLOOR / 3600)
+    # one evaluation of an 8B target on 1 GPU: 3 domains × 80 prompts, 60 live, 512 live
+    # tokens, 64 anchors, K = 7, sequences of 648 tokens, T = 0 and 1
+    h = cost.eval_hours(8e9, 8e9, 0.0, 1, 7, 648, 240, 60, 512, 64, [0, 1])
+    t_tok = max(2 * 8e9 / 3.35e12, cost.FLOOR)  # 0.03 s: the floor
+    t_seq = 2 * 8e9 * 648 / fu  # 0.026 s < the floor
+    rounds = 512 / cost.TAU
+    live = 60 * rounds * (t_tok + 7 * cost.DRAFT_STEP)
+    unbiased = 240 * (max(t_seq, cost.FLOOR) + 1 * t_tok + 64 * 7 * cost.DRAFT_STEP)
+    replay = 240 * rounds * 7 * cost.DRAFT_STEP
+    load = 2 * 8e9 / cost.DISK
+    assert h == pytest.approx((live + unbiased + replay + load) / 3600)
+    f = cost.features_hours(8e9, 8e9, 0.0, 1, 80, 8, 648)
+    assert f == pytest.approx((10 * (2 * 8e9 * 8 * 648 / fu) + load) / 3600)
 
 
 def test_the_vllm_generation_formulas_by_hand():

@@ -84,10 +84,7 @@ def expected_tau_by_prompt(
     for start in range(rank * batch_size, len(cache), world * batch_size):
         idx = list(range(start, min(start + batch_size, len(cache))))
         batch = cache.batch(idx, device)
-        st = align(draft, batch, k, t2d)
-        argmax_in_draft = t2d[st.target_argmax]
-        alpha = acceptance_probs(st.logits, st.target_logprobs, argmax_in_draft, temperature)
-        tau = expected_tau(alpha, st.mask)  # [N]
+        tau, st = expected_batch(draft, batch, k, t2d, temperature)
         rows_per_seq = st.mask.shape[0] // len(idx)
         for r in range(len(idx)):
             sl = slice(r * rows_per_seq, (r + 1) * rows_per_seq)
@@ -98,6 +95,18 @@ def expected_tau_by_prompt(
             s.tau_expected_sum += float(tau[sl][valid].sum())
             s.in_vocab += int((st.labels[sl, 0][valid] != -100).sum())
     return stats
+
+
+def expected_batch(
+    draft: Draft, batch: dict, k: int, t2d: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, object]:
+    """Expected τ [N] of every start position of one cache batch, and the aligned steps
+    (``align``'s result, whose ``mask`` and ``labels`` the caller sums per prompt): the
+    tensor work of :func:`expected_tau_by_prompt`, which the planner traces."""
+    st = align(draft, batch, k, t2d)
+    argmax_in_draft = t2d[st.target_argmax]
+    alpha = acceptance_probs(st.logits, st.target_logprobs, argmax_in_draft, temperature)
+    return expected_tau(alpha, st.mask), st
 
 
 # CUDA memory the float32 [N, K, V] tensors of one expected-τ batch may take together: the

@@ -256,21 +256,36 @@ def sequence_unbiased_tau(
             d, logits = _propose_checked(session, k, sample)
             d_ids.append(d.to(tdev).long().view(k))
             z.append(logits.to(tdev).float().view(k, -1))
-        d_ids, q = torch.stack(d_ids), torch.softmax(torch.stack(z), dim=-1)  # [B, K], [B,K,Vd]
-        if greedy_draft:
-            q = torch.nn.functional.one_hot(d_ids, q.shape[-1]).to(q.dtype)
+        d_ids, z = torch.stack(d_ids), torch.stack(z)  # [B, K], [B, K, Vd]
         logp1 = seq["logprobs"][chunk + 1].to(tdev).float()[:, None]  # p_1: cached at s + 1
-        branches = d2t.to(tdev)[d_ids[:, :-1]]  # [B, K-1] target ids d_1..d_{K-1}
         if cache is not None:
-            tokens += branches.numel()
-        logp = torch.cat([logp1, score_branches(runner, cache, chunk, branches, d2t)], dim=1)
-        p = logp.exp()  # [B, K, Vd], not renormalised: mass off the draft vocab is never accepted
-        alpha = torch.minimum(p, q).sum(-1)
-        at = d_ids[..., None]  # [B, K, 1]: the sampled tokens
-        p_tok, q_tok = p.gather(-1, at)[..., 0], q.gather(-1, at)[..., 0]
-        r = (p_tok / q_tok.clamp_min(torch.finfo(torch.float32).tiny)).clamp(max=1.0)
-        taus.append(unbiased_tau(r, alpha, valid[a : a + batch_size].to(tdev)).cpu())
+            tokens += d_ids[:, :-1].numel()
+        valid_chunk = valid[a : a + batch_size].to(tdev)
+        tau = verify_chunk(runner, cache, chunk, d_ids, z, logp1, d2t, valid_chunk, greedy_draft)
+        taus.append(tau.cpu())
     return anchors, torch.cat(taus), tokens
+
+
+def verify_chunk(
+    runner: TargetRunner, cache: DynamicCache | None, chunk: torch.Tensor, d_ids: torch.Tensor,
+    z: torch.Tensor, logp1: torch.Tensor, d2t: torch.Tensor, valid: torch.Tensor,
+    greedy_draft: bool = False,
+) -> torch.Tensor:  # fmt: skip
+    """τ̂ [B] of one chunk of anchors from their drafted chains ``d_ids`` [B, K] and draft
+    logits ``z`` [B, K, Vd]: the target scores the branches (steps 2..K; ``logp1`` [B, 1, Vd]
+    is step 1's cached log-probs). The tensor work of :func:`sequence_unbiased_tau`, which
+    the planner traces."""
+    q = torch.softmax(z, dim=-1)
+    if greedy_draft:
+        q = torch.nn.functional.one_hot(d_ids, q.shape[-1]).to(q.dtype)
+    branches = d2t.to(logp1.device)[d_ids[:, :-1]]  # [B, K-1] target ids d_1..d_{K-1}
+    logp = torch.cat([logp1, score_branches(runner, cache, chunk, branches, d2t)], dim=1)
+    p = logp.exp()  # [B, K, Vd], not renormalised: mass off the draft vocab is never accepted
+    alpha = torch.minimum(p, q).sum(-1)
+    at = d_ids[..., None]  # [B, K, 1]: the sampled tokens
+    p_tok, q_tok = p.gather(-1, at)[..., 0], q.gather(-1, at)[..., 0]
+    r = (p_tok / q_tok.clamp_min(torch.finfo(torch.float32).tiny)).clamp(max=1.0)
+    return unbiased_tau(r, alpha, valid)
 
 
 @torch.no_grad()

@@ -1,12 +1,21 @@
 """``python -m specbench.plan --configfile configs/paper.yaml``: does every GPU job fit?
 
-For every ``train_group`` job (online training, ``train.features: online``) of a dense
-target whose shape is known (:mod:`specbench.plan.shapes`), it prints the peak GPU memory
-per rank, in parts (:mod:`specbench.plan.memory`), against the memory of the GPU the job
-asks for (``targets.<name>.gpu_model``, :data:`GPU_GIB`; any GPU: 80 GB, or ``--gpu-gib``).
-A job that does not fit is one line naming the job, the estimate, the limit and the knobs
-that change it; the exit status is then 1. Everything else is listed as not modelled yet.
-Nothing here needs a GPU or the weights.
+For every GPU job of the DAG whose target's shape is known (:mod:`specbench.plan.shapes`) it
+prints the peak GPU memory per rank, in parts, against the memory of the GPU the job asks for
+(``targets.<name>.gpu_model``, :data:`~specbench.plan.cost.GPU_GIB`; any GPU: 80 GB, or
+``--gpu-gib``), the host memory per job and the hours:
+
+- ``train_group`` (online training, ``train.features: online``): :mod:`specbench.plan.memory`;
+- ``evaluate_draft`` (and ``curve_eval``), ``responses`` / ``responses_shard`` (HF's generate
+  or vLLM, per ``engine_generate``), ``features_eval`` (and ``features_train`` where
+  ``train.features: cache``): :mod:`specbench.plan.jobs`, :mod:`specbench.plan.tables`;
+- the GPU-hours of regenerating the training responses, per engine (:mod:`.cost`).
+
+Host memory: :mod:`specbench.plan.host`. A job that does not fit is one line naming the job,
+the estimate, the limit and the knobs that change it; the exit status is then 1. The
+workflow's ``onstart`` runs :func:`check` before any job. ``--write-profile PATH`` instead
+rewrites the SLURM profile's generated ``mem_mb`` and ``runtime`` values
+(:mod:`specbench.plan.profile`). Nothing here needs a GPU or the weights.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import yaml
 from specbench.config import load_config
 from specbench.losses.rowstats import default_chunk_rows
 from specbench.plan import cost
+from specbench.plan.cost import GPU_GIB
+from specbench.plan.host import host_parts, vocab_bytes
 from specbench.plan.memory import (
     GiB,
     draft_memory,
@@ -30,13 +41,11 @@ from specbench.plan.memory import (
     group_rank_bytes,
     target_bytes,
 )
+from specbench.plan.profile import zero3_of
 from specbench.plan.shapes import target_config
+from specbench.plan.tables import other_jobs
 
 PROMPT_TOKENS = 128  # a planned micro-batch: b sequences of prompt + train_new_tokens
-HOST_RUNTIME = 8 * GiB  # per rank: Python, torch, CUDA context, the packed responses
-# usable memory (GiB) of a GPU type, as ``torch.cuda.mem_get_info`` reports it on an idle
-# card (less than the marketing GB: ECC, the driver's reservations)
-GPU_GIB = {"a100": 78.0, "h100": 78.0, "h200": 139.0, "b200": 178.0}
 
 
 def plan(config: dict, gpu_gib: float, log=print) -> list[str]:
@@ -68,6 +77,7 @@ def plan(config: dict, gpu_gib: float, log=print) -> list[str]:
             if row["refusal"]:
                 refusals.append(row["refusal"])
     log(f"training: {total_h:,.0f} GPU-h")
+    refusals += other_jobs(cfg, shapes, params, gpu_gib, log)
     regeneration(cfg, n, params, log, shapes, gpu_gib)
     return refusals
 
@@ -101,12 +111,20 @@ def plan_row(
         draft.k, draft.recompute, train.steps_for(arch, n),
         train.batch_size, b, ranks, per, len(groups),
     )  # fmt: skip
+    host = host_parts(
+        "train_group",
+        params=total,
+        ranks=ranks,
+        offload=cost.offloads(zero3),
+        vocab_mats=vocab_bytes(shape),
+        tokens=n * cost.TOKENS,
+    )["total"]
     cells = " ".join(f"{parts[k] / GiB:7.1f}" for k in ("target", "drafts", "activations"))
     line = (
         f"{name + '/' + arch:26s} {ranks:4d} {per:5d} {b:5d} {cells}"
         f" {parts['margin'] / GiB:7.1f}"
         f" {parts['peak'] / GiB:7.1f}  {limit:3.0f} {model or 'any':4s}"
-        f" {host_bytes(total, ranks, zero3, shape) / GiB:7.0f} {len(groups):5d}"
+        f" {host / GiB:7.0f} {len(groups):5d}"
         f" {c.wall_h:6.0f} {c.gpu_h:8,.0f}" + ("" if fits else "  DOES NOT FIT")
     )  # fmt: skip
     refusal = None
@@ -120,19 +138,6 @@ def plan_row(
             f"(targets.{name}.gpu_model: one of {', '.join(GPU_GIB)})"
         )
     return {"line": line, "refusal": refusal, "gpu_h": c.gpu_h, "parts": parts}
-
-
-def host_bytes(total: float, ranks: int, zero3: dict | None, shape) -> float:
-    """Host memory of a group job: the bf16 weights ZeRO-3 offloads (all of them, pinned),
-    plus per rank the target's embedding and head in bf16 (``TargetInfo``) and
-    ``HOST_RUNTIME`` for the process, its CUDA context and the packed responses."""
-    vocab_mats = 2 * 2 * shape.vocab_size * shape.hidden_size
-    return (2 * total if cost.offloads(zero3) else 0.0) + ranks * (vocab_mats + HOST_RUNTIME)
-
-
-def zero3_of(target) -> dict | None:
-    """A target's ZeRO-3 settings, or None where it runs without ZeRO-3."""
-    return target.zero3 if target.engine == "zero3" else None
 
 
 def regeneration(
@@ -196,8 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configfile", type=Path, required=True)
     p.add_argument("--gpu-gib", type=float, default=GPU_GIB["h100"],
                    help="usable GiB of a job's GPU where its gpu_model does not say")  # fmt: skip
+    p.add_argument("--write-profile", type=Path, metavar="CONFIG_YAML",
+                   help="rewrite this SLURM profile's generated mem_mb and runtime values "
+                        "(specbench/plan/profile.py) instead of planning")  # fmt: skip
     args = p.parse_args(argv)
-    refusals = plan(yaml.safe_load(args.configfile.read_text()), args.gpu_gib)
+    config = yaml.safe_load(args.configfile.read_text())
+    if args.write_profile:
+        from specbench.plan.profile import rewrite
+
+        changed = rewrite(args.write_profile, load_config(config), args.gpu_gib)
+        print(f"{args.write_profile}: {'rewritten' if changed else 'up to date'}")
+        return 0
+    refusals = plan(config, args.gpu_gib)
     for line in refusals:
         print(line, file=sys.stderr)
     return 1 if refusals else 0

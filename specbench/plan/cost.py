@@ -47,6 +47,21 @@ continuous batching of C sequences at a time (:func:`vllm_generation_gpu_hours`)
                                                  continuous batching refills their slots)
     GPU-h  = N · (steps · t_step + t_pre + jobs · START) / 3600
 
+One ``evaluate_draft`` job (N ranks share its prompts; n_e evaluation prompts per domain, D
+domains, n_l of them decoded live, L_l live tokens, A anchors a prompt, K, L a sequence)::
+
+    t_tok  = max(t_g, 2·P_active/HBM, FLOOR)     one target forward of a few tokens
+    t_seq  = max(2·P_active·L/(F·u), t_g, FLOOR) one prefill of a whole sequence
+    live   = D·n_l·(L_l/TAU)·(t_tok + K·DRAFT_STEP)            T=1 live decoding
+    replay = D·n_e·(L_l/TAU)·K·DRAFT_STEP                     T=0 replay (no target)
+    unb    = D·n_e·(t_seq + ⌈A/64⌉·t_tok + A·K·DRAFT_STEP)     T=1 branch verification
+    wall   = (live + replay + unb)/N + 2P/DISK                 (+ reading the weights)
+
+(expected τ runs the draft over every cached position in a few batched forwards: seconds).
+``features_eval`` / ``features_train`` over n sequences in batches of b (+ one prefill per
+sequence for ``eval.prefix_kv``): ``wall = ⌈n/b⌉/N · t_f + 2P/DISK``; a ``responses`` job is
+one shard of the regeneration below, ``wall = GPU-h / N + 2P/DISK``.
+
 w = 2 bytes (bf16), G = the GPU's memory, L_p = prompt tokens, L_n = new tokens, jobs = the
 ``responses_shard`` jobs (each starts an engine: weights loaded, CUDA graphs captured).
 """
@@ -59,6 +74,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
+# usable memory (GiB) of a GPU type, as ``torch.cuda.mem_get_info`` reports it on an idle
+# card (less than the marketing GB: ECC, the driver's reservations)
+GPU_GIB = {"a100": 78.0, "h100": 78.0, "h200": 139.0, "b200": 178.0}
 # H100 SXM dense bf16 FLOP/s and the utilisation assumed for training-sized matmuls
 FLOPS, UTIL = 989e12, 0.4
 NVLINK = 300e9  # B/s a GPU receives in a ZeRO-3 all-gather
@@ -75,6 +93,11 @@ FLOOR = 0.03
 # weights, profile, capture CUDA graphs)
 MAX_SEQS, MEM_UTIL, ETA = 256, 0.9, 0.7
 FLOOR_VLLM, ALLREDUCE, START = 0.005, 15e-6, 300.0
+# evaluation (assumptions): the mean acceptance length that sets the rounds of live decoding
+# and replay (the paper's EAGLE-3 τ at T=1 is 3-6: the lower end, as the longer estimate);
+# one draft step at batch 1, bound by kernel launches; the B/s a job reads its target's
+# weights from a shared filesystem at its start
+TAU, DRAFT_STEP, DISK = 3.0, 0.002, 1e9
 
 
 def target_params(shape: PretrainedConfig) -> tuple[float, float]:
@@ -182,3 +205,41 @@ def vllm_generation_gpu_hours(
     prefill = 2 * active * n * prompt_tokens / (ranks * FLOPS * UTIL)
     gpu_h = ranks * (steps * t_step + prefill + jobs * START) / 3600
     return VllmCost(c, steps, t_step, prefill, gpu_h)
+
+
+def load_seconds(total: float, width: int = 2) -> float:
+    """Reading the target's weights at a job's start (``2P/DISK``)."""
+    return width * total / DISK
+
+
+def eval_hours(
+    total: float, active: float, t_gather: float, ranks: int, k: int, length: int,
+    prompts: int, live_prompts: int, live_tokens: int, anchors: int | None,
+    temperatures: list[int],
+) -> float:  # fmt: skip
+    """Wall hours of one ``evaluate_draft`` job (the module doc's formulas): ``prompts`` and
+    ``live_prompts`` summed over the domains; ``anchors`` per prompt (None: every position
+    of a response, ``length``)."""
+    t_tok = max(t_gather, 2 * active / HBM, FLOOR)
+    t_seq = max(2 * active * length / (FLOPS * UTIL), t_gather, FLOOR)
+    rounds = live_tokens / TAU
+    a = length if anchors is None else anchors
+    s = 0.0
+    if 1 in temperatures:
+        s += live_prompts * rounds * (t_tok + k * DRAFT_STEP)
+        s += prompts * (t_seq + math.ceil(a / 64) * t_tok + a * k * DRAFT_STEP)
+    if 0 in temperatures:
+        s += prompts * rounds * k * DRAFT_STEP
+    return (s / ranks + load_seconds(total)) / 3600
+
+
+def features_hours(
+    total: float, active: float, t_gather: float, ranks: int, n: int, batch: int,
+    length: int, prefix_kv: bool = False,
+) -> float:  # fmt: skip
+    """Wall hours of one features job over ``n`` sequences of ``length`` tokens."""
+    t_f = max(2 * active * batch * length / (FLOPS * UTIL), t_gather, FLOOR)
+    s = math.ceil(n / batch) * t_f
+    if prefix_kv:
+        s += n * max(2 * active * length / (FLOPS * UTIL), t_gather, FLOOR)
+    return (s / ranks + load_seconds(total)) / 3600

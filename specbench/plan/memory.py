@@ -98,19 +98,8 @@ def draft_memory(
         if fake:
             mode.cache_enabled = False  # cached outputs would keep storages alive
         v, d = cfg.vocab_size, cfg.hidden_size
-        embed = torch.empty(v, d, dtype=dtype)
-        head = embed if cfg.tie_word_embeddings else torch.empty(v, d, dtype=dtype)
-        info = _info(cfg, embed, head, torch.arange(draft_vocab), 0, None)
-        with _values_free_init() if fake else contextlib.nullcontext(), config_only():
-            # released MTP weights are not there to import: build random ones and freeze
-            # the experts as ``freeze_experts`` does after importing them (the same sizes)
-            frozen = arch == "mtp" and hparams.get("freeze_experts")
-            built = {**hparams, "freeze_experts": False} if frozen else hparams
-            draft = build_draft(arch, info, **built)
-            if frozen:
-                draft.block.mlp.experts.requires_grad_(False)
         gpu = fake if cuda is None else cuda
-        draft.prepare(torch.device("cuda" if gpu else "cpu"))  # as ``make_member`` does
+        draft, info, embed = planned_draft(cfg, arch, hparams, draft_vocab, dtype, fake, gpu)
         if recompute is not None:
             draft.recompute_steps = recompute
         k = training_k(draft, k)  # as ``make_member`` sets it
@@ -142,6 +131,29 @@ def draft_memory(
         recomputed = bool(getattr(draft, "recompute_steps", False))
         return DraftMemory(resident, probe.peak - base, batch_bytes, shared,
                            draft.flops_per_step(), recomputed, k)  # fmt: skip
+
+
+def planned_draft(
+    cfg: PretrainedConfig, arch: str, hparams: dict, draft_vocab: int, dtype: torch.dtype,
+    fake: bool, gpu: bool,
+) -> tuple[torch.nn.Module, object, torch.Tensor]:  # fmt: skip
+    """(draft, its ``TargetInfo``, the target's embedding) of ``arch`` for target ``cfg``,
+    prepared for a GPU (``gpu``) or the CPU as ``make_member`` prepares it; call it inside
+    the trace's ``FakeTensorMode`` where ``fake``."""
+    v, d = cfg.vocab_size, cfg.hidden_size
+    embed = torch.empty(v, d, dtype=dtype)
+    head = embed if cfg.tie_word_embeddings else torch.empty(v, d, dtype=dtype)
+    info = _info(cfg, embed, head, torch.arange(draft_vocab), 0, None)
+    with _values_free_init() if fake else contextlib.nullcontext(), config_only():
+        # released MTP weights are not there to import: build random ones and freeze
+        # the experts as ``freeze_experts`` does after importing them (the same sizes)
+        frozen = arch == "mtp" and hparams.get("freeze_experts")
+        built = {**hparams, "freeze_experts": False} if frozen else hparams
+        draft = build_draft(arch, info, **built)
+        if frozen:
+            draft.block.mlp.experts.requires_grad_(False)
+    draft.prepare(torch.device("cuda" if gpu else "cpu"))  # as ``make_member`` does
+    return draft, info, embed
 
 
 def forward_memory(

@@ -194,6 +194,12 @@ def gpu_resources(wc):
     return CFG.targets[wc.target].gpus
 
 
+def target_gpu_model(wc):
+    """The GPU type of a target's jobs besides training and evaluation (the planner sizes
+    them against it): its ``gpu_model`` default."""
+    return CFG.targets[wc.target].gpu_model_for("default")
+
+
 # the learning curve (workflow/rules/curve.smk)
 CURVE = CFG.learning_curve
 CURVE_BASE = "{R}/curve/{{target}}/{{arch}}/{{loss}}/seed{{seed}}/steps{{steps}}_data{{data}}"

@@ -53,6 +53,7 @@ rule curve_eval:
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
+        gpu_model=lambda wc: CFG.targets[wc.target].gpu_model_for(wc.arch),
     conda:
         ENV
     script:

@@ -34,6 +34,7 @@ rule responses:
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
+        gpu_model=target_gpu_model,
     conda:
         ENV
     script:
@@ -61,6 +62,7 @@ if SHARDED:
         threads: CFG.threads
         resources:
             gpu=gpu_resources,
+            gpu_model=target_gpu_model,
         conda:
             ENV
         script:
@@ -135,6 +137,7 @@ rule features_train:
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
+        gpu_model=target_gpu_model,
     conda:
         ENV
     script:
@@ -157,6 +160,7 @@ rule features_eval:
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
+        gpu_model=target_gpu_model,
     conda:
         ENV
     script:

@@ -20,6 +20,7 @@ rule evaluate_draft:
     threads: CFG.threads
     resources:
         gpu=gpu_resources,
+        gpu_model=lambda wc: CFG.targets[wc.target].gpu_model_for(wc.arch),
     conda:
         ENV
     script:
