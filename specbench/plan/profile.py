@@ -151,12 +151,16 @@ def _generation_hours(cfg, name, shape, params, gpu_gib, n: int, new: int) -> fl
     return h / ranks + cost.load_seconds(total) / 3600
 
 
-def resource_values(figures: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
-    """rule -> ({target: mem_mb}, {target: runtime minutes}) with the module doc's headroom."""
+def resource_values(
+    figures: dict[str, dict], rules: tuple[str, ...] = GENERATED
+) -> dict[str, tuple[dict, dict]]:
+    """rule -> ({target: mem_mb}, {target: runtime minutes}) with the module doc's headroom;
+    the rules of :data:`GENERATED` not in ``rules`` (not in the config's DAG) get no target
+    of their own, only the fallback."""
     out = {}
     for rule in GENERATED:
         mem, run = {}, {}
-        for name, fig in figures.items():
+        for name, fig in figures.items() if rule in rules else ():
             mem[name] = math.ceil(HEADROOM_MEM * fig[rule]["host"] / 1e9) * 1000
             minutes = max(MIN_RUNTIME, math.ceil(HEADROOM_TIME * fig[rule]["hours"] * 6) * 10)
             run[name] = min(minutes, PARTITION_LIMIT) if rule == "train_group" else minutes
@@ -165,6 +169,8 @@ def resource_values(figures: dict[str, dict]) -> dict[str, tuple[dict, dict]]:
 
 
 def _expression(values: dict[str, int], fallback: int) -> str:
+    if not values:  # a rule outside the config's DAG
+        return str(fallback)
     pairs = ", ".join(f"('{k}', {v:_})" for k, v in values.items())
     return f'"dict([{pairs}]).get(wildcards.target, {fallback:_})"'
 
@@ -207,7 +213,17 @@ def profile_values(cfg, gpu_gib: float) -> dict[str, tuple[dict, dict]]:
         if shape is not None:
             gib = _gpu_gib(t, gpu_gib)
             figures[name] = target_figures(cfg, name, shape, cost.target_params(shape), gib)
-    return resource_values(figures)
+    return resource_values(figures, dag_rules(cfg))
+
+
+def dag_rules(cfg) -> tuple[str, ...]:
+    """The rules of :data:`GENERATED` in ``cfg``'s DAG: online training has no training
+    feature cache (``features_train``) nor cache-trained drafts (``train_draft``); the
+    ones without are left at the fallback, since sizing a feature cache of every training
+    response (petabytes at the paper's scale, issue #10) would only write requests no node
+    can meet."""
+    cached = cfg.train.features == "cache"
+    return tuple(r for r in GENERATED if cached or r not in ("features_train", "train_draft"))
 
 
 def _gpu_gib(target, default: float) -> float:
