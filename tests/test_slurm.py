@@ -208,9 +208,14 @@ def test_smoke_matrix_through_slurm_equals_local(cluster, request, tmp_path_fact
     pd.testing.assert_frame_equal(gains[0], gains[1], check_exact=True)
 
 
+# the shipped rule's name and wildcard, so the profile's train_group resources (expressions
+# of wildcards.target) apply as they do to the real rule
 PREEMPT_SNAKEFILE = """
+rule all:
+    input: "spread/group"
+
 rule train_group:
-    output: directory("spread/group")
+    output: directory("{{target}}/group")
     resources: gpu=0
     shell: "{python} -c {script!r} job.json"
 """
