@@ -53,9 +53,11 @@ dry: $(STAMP)
 
 # the serving venv too, so the `served` tests run (+175 s install, 3.5 GB; the tests 114-166 s)
 # pytest-xdist on TEST_WORKERS workers (--dist loadgroup): the modules that share the smoke run,
-# a vLLM engine or the planner's table carry xdist_group marks and run on one worker, scheduled
-# first (tests/conftest.py). TEST_WORKERS=0: one process
-TEST_WORKERS ?= 2
+# the local SLURM cluster, a vLLM engine or the planner's table carry xdist_group marks and run
+# on one worker each, the long ones first (tests/conftest.py). 3 workers on 2 cores: the SLURM
+# group spends most of its time waiting on the scheduler, and its worker would idle a core.
+# TEST_WORKERS=0: one process
+TEST_WORKERS ?= 3
 test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m pytest -q -ra $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
