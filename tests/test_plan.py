@@ -348,3 +348,19 @@ def test_the_workflow_refuses_a_matrix_that_does_not_fit_before_any_job(tmp_path
     assert "train_group tiny/eagle3: " in out and "GiB per GPU > 0 GiB" in out, out[-3000:]
     made = sorted(p.relative_to(repo) for p in (repo / "results").rglob("*"))
     assert made == [pathlib.Path("results/README.md")]  # the tracked README only: no job ran
+
+
+def test_a_passed_check_is_not_traced_again_for_the_same_config_and_code(tmp_path, monkeypatch):
+    """``onstart`` calls ``check_once``: a pass is recorded by a digest of the config (and
+    the code); the same config skips the tracing, another config or a refusal does not."""
+    import specbench.plan.__main__ as planner
+
+    calls, answers = [], {"fits": [], "does not": ["train_group t/eagle3: 90 GiB per GPU > 78"]}
+    monkeypatch.setattr(planner, "check", lambda cfg, log: calls.append(cfg) or answers[cfg["x"]])
+    folder = tmp_path / "plan"
+    assert planner.check_once({"x": "fits"}, folder, log=lambda _: None) == []
+    assert planner.check_once({"x": "fits"}, folder, log=lambda _: None) == []
+    assert len(calls) == 1 and len(list(folder.glob("*.ok"))) == 1
+    for _ in range(2):  # a refusal is not recorded: checked every time
+        assert planner.check_once({"x": "does not"}, folder, log=lambda _: None)
+    assert len(calls) == 3 and len(list(folder.glob("*.ok"))) == 1

@@ -37,9 +37,9 @@ R = "results"
 # Dry runs (-n) skip onstart; SPECBENCH_GPU_GIB sets the memory of an unnamed GPU.
 onstart:
     if CFG.train.features == "online" and any(t.gpus for t in CFG.targets.values()):
-        from specbench.plan.__main__ import check
+        from specbench.plan.__main__ import check_once
 
-        refusals = check(config, log=logger.info)
+        refusals = check_once(config, ".snakemake/specbench-plan", log=logger.info)
         if refusals:
             raise WorkflowError("\n".join(refusals))
 
