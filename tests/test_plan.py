@@ -61,20 +61,7 @@ def test_a_traced_training_step_is_within_15_percent_of_the_measured_one(monkeyp
     args = (cfg, arch, HPARAMS[arch], vd, b, length, k)
     kw = dict(cuda=False, recompute=recompute)  # the CPU's attention kernels, as measured
     traced = draft_memory(*args, fake=True, **kw)
-    steps: list[int] = []
-
-    class Measure(memory.PeakMemory):  # the real run's step, measured by the allocator
-        def __enter__(self):
-            self._profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-            self._profile.__enter__()
-            return super().__enter__()
-
-        def __exit__(self, *exc):
-            super().__exit__(*exc)
-            self._profile.__exit__(*exc)
-            steps.append(profiled_peak(self._profile))
-
-    monkeypatch.setattr(memory, "PeakMemory", Measure)
+    steps = measuring(memory, monkeypatch)  # the real run's step, measured by the allocator
     real = draft_memory(*args, fake=False, **kw)
     ratio = traced.step / steps[-1]
     mib = f"measured {steps[-1] / 2**20:7.2f} MiB, traced {traced.step / 2**20:7.2f} MiB"

@@ -43,7 +43,7 @@ from specbench.plan.memory import (
     group_rank_bytes,
     target_bytes,
 )
-from specbench.plan.profile import zero3_of
+from specbench.plan.profile import arch_vocab, zero3_of
 from specbench.plan.shapes import target_config
 from specbench.plan.tables import other_jobs
 
@@ -94,7 +94,7 @@ def plan_row(
     b = train.micro_batch_size or train.batch_size
     ranks, groups = max(1, t.gpus), cfg.train_groups(name, arch)
     per = drafts_per_rank(len(groups[0]), ranks)
-    vocab = shape.vocab_size if cfg.vocab_for(arch) == "full" else cfg.data.draft_vocab_size
+    vocab = arch_vocab(cfg, shape, arch)
     os.environ["SPECBENCH_LOSS_CHUNK_ROWS"] = str(default_chunk_rows(vocab, "cuda"))
     try:  # train.autocast: auto is bf16 on GPUs of capability >= 8.0
         draft = draft_memory(shape, arch, cfg.hparams_for(name, arch), vocab, b, length,

@@ -46,11 +46,9 @@ code for real on the CPU, which ``tests/test_plan.py`` measures.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import AutoModelForCausalLM, DynamicCache, PretrainedConfig
 
 from specbench.decoding.evaluate import expected_batch
@@ -58,7 +56,7 @@ from specbench.decoding.unbiased import verify_chunk
 from specbench.drafts.align import usable_k
 from specbench.features.vocab import target_to_draft_map
 from specbench.plan.memory import CONTEXT, MARGIN, fake_batch, planned_draft
-from specbench.plan.trace import PeakMemory, cuda_attention
+from specbench.plan.trace import PeakMemory, tracing
 from specbench.targets.kv import prefill
 from specbench.targets.runner import TargetRunner
 
@@ -80,12 +78,6 @@ class EvalMemory:
         return max(self.expected, self.unbiased)
 
 
-def _mode(fake: bool, cuda: bool | None):
-    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    kernels = cuda_attention() if (fake if cuda is None else cuda) else contextlib.nullcontext()
-    return mode, kernels
-
-
 def eval_memory(
     cfg: PretrainedConfig, arch: str, hparams: dict, draft_vocab: int, length: int, k: int,
     batch: int | None = None, dtype: torch.dtype = torch.bfloat16, fake: bool = True,
@@ -98,11 +90,8 @@ def eval_memory(
     ``target``: trace the unbiased phase (the target's prefill and branch forward); it does
     not depend on the draft, so the planner traces it once per target (:func:`unbiased_memory`).
     """
-    mode, kernels = _mode(fake, cuda)
     gpu = fake if cuda is None else cuda
-    with mode, kernels:
-        if fake:
-            mode.cache_enabled = False  # cached outputs would keep storages alive
+    with tracing(fake, cuda):
         draft, info, embed = planned_draft(cfg, arch, hparams, draft_vocab, dtype, fake, gpu)
         draft.eval()
         k = usable_k(draft, k)
@@ -133,10 +122,7 @@ def unbiased_memory(
 ) -> int:  # fmt: skip
     """Peak bytes above the target's weights of the unbiased estimator on one sequence of
     ``length`` tokens: its prefix prefill, then one chunk of ``anchors`` verified at ``k``."""
-    mode, kernels = _mode(fake, cuda)
-    with mode, kernels, torch.no_grad():
-        if fake:
-            mode.cache_enabled = False
+    with tracing(fake, cuda), torch.no_grad():
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
         runner = TargetRunner(model)
         probe = PeakMemory()
@@ -178,10 +164,7 @@ def generation_memory(
 ) -> GenerationMemory:  # fmt: skip
     """Trace the forwards HF's ``generate`` runs for ``batch`` prompts of ``prompt`` tokens
     and ``new`` new tokens: the prefill and one decode step (module doc)."""
-    mode, kernels = _mode(fake, cuda)
-    with mode, kernels, torch.no_grad():
-        if fake:
-            mode.cache_enabled = False
+    with tracing(fake, cuda), torch.no_grad():
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
         probe = PeakMemory()
         probe.track(model)

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from unittest import mock
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from specbench.drafts import build_draft
@@ -42,7 +41,7 @@ from specbench.features.vocab import target_to_draft_map
 from specbench.losses import build as build_loss
 from specbench.plan.cost import offloads
 from specbench.plan.shapes import planned_config
-from specbench.plan.trace import PeakMemory, cuda_attention
+from specbench.plan.trace import PeakMemory, tracing
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import _info
 from specbench.targets.runner import TargetRunner
@@ -92,11 +91,7 @@ def draft_memory(
     ``recompute`` (default: ``cuda``): TTT steps recomputed in backward, as the trainer sets
     them on a GPU.
     """
-    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    kernels = cuda_attention() if (fake if cuda is None else cuda) else contextlib.nullcontext()
-    with mode, kernels:
-        if fake:
-            mode.cache_enabled = False  # cached outputs would keep storages alive
+    with tracing(fake, cuda):
         v, d = cfg.vocab_size, cfg.hidden_size
         gpu = fake if cuda is None else cuda
         draft, info, embed = planned_draft(cfg, arch, hparams, draft_vocab, dtype, fake, gpu)
@@ -162,11 +157,7 @@ def forward_memory(
 ) -> int:  # fmt: skip
     """Peak bytes of one online target forward of a ``[b, length]`` micro-batch, with its
     features and log-probs built (``compute_features``), above the target's weights."""
-    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    kernels = cuda_attention() if (fake if cuda is None else cuda) else contextlib.nullcontext()
-    with mode, kernels:
-        if fake:
-            mode.cache_enabled = False
+    with tracing(fake, cuda):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
         runner = TargetRunner(model)
         seqs = [Sequence([0] * 8, [0] * (length - 8), i) for i in range(b)]

@@ -22,6 +22,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary, weakref
@@ -126,4 +127,19 @@ def cuda_attention() -> Iterator[None]:
         mock.patch.object(F, "scaled_dot_product_attention", sdpa),
         mock.patch.object(layers, "REPEAT_KV_DEVICES", layers.REPEAT_KV_DEVICES | {"cpu"}),
     ):
+        yield
+
+
+@contextlib.contextmanager
+def tracing(fake: bool, cuda: bool | None = None) -> Iterator[None]:
+    """Where a planner trace runs: under ``FakeTensorMode`` where ``fake`` (nothing
+    allocated; its cache off, since cached outputs would keep storages alive), else for real
+    (the tests' measurements); with CUDA's attention kernels (:func:`cuda_attention`) where
+    ``cuda`` (default: ``fake``), else the CPU's."""
+    with contextlib.ExitStack() as stack:
+        if fake:
+            mode = stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+            mode.cache_enabled = False
+        if fake if cuda is None else cuda:
+            stack.enter_context(cuda_attention())
         yield
