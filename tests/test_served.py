@@ -31,7 +31,7 @@ from specbench.drafts import build_draft
 from specbench.features.cache import FeatureCache, Sequence, save_cache
 from specbench.losses import build as build_loss
 from specbench.serving.client import serve_python
-from specbench.serving.served import serve_draft, served_tau
+from specbench.serving.served import serve_drafts, served_tau
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
@@ -146,29 +146,40 @@ def replayed(world, arch) -> dict[int, tuple[int, int]]:
     return out
 
 
+# the engines the tests read, as (arch, draft sampling, temperatures, fix); T=1 runs SAMPLES
+ENGINES = [
+    ("eagle3", "probabilistic", (0, 1), True),
+    ("eagle3", "greedy", (1,), True),
+    ("eagle3", "probabilistic", (1,), False),  # vLLM's CPU expand kernel as shipped
+    ("medusa", None, (0,), True),
+    ("draft_lm", "probabilistic", (0, 1), True),
+]
+
+
 @pytest.fixture(scope="module")
 def served(world):
-    """vLLM's per-prompt counters, one engine start per (arch, draft sampling, fix) setting."""
-    found = {}
+    """vLLM's per-prompt counters of every setting in ENGINES: one process, one engine each."""
+    settings = [
+        dict(
+            draft_dir=world["root"] / arch,
+            arch=arch,
+            target=str(world["root"] / "target"),
+            caches={"tiny": world["t0"] if 0 in temps else world["t1"]},
+            k=K,
+            new_tokens=NEW,
+            temperatures=list(temps),
+            draft_sample_method=method,
+            samples=SAMPLES if 1 in temps else 1,
+            ignore_eos=True,
+            fix_cpu_expand=fix,
+        )
+        for arch, method, temps, fix in ENGINES
+    ]
+    found = serve_drafts(settings, log=world["root"] / "vllm.log")
+    tables = {setting: df for setting, (df, _) in zip(ENGINES, found, strict=True)}
 
-    def get(arch, method, temperatures, fix=True, samples=1):
-        key = (arch, method, tuple(temperatures), fix, samples)
-        if key not in found:
-            cache = world["t0"] if 0 in temperatures else world["t1"]
-            found[key] = serve_draft(
-                world["root"] / arch,
-                arch,
-                str(world["root"] / "target"),
-                {"tiny": cache},
-                K,
-                NEW,
-                list(temperatures),
-                draft_sample_method=method,
-                samples=samples,
-                ignore_eos=True,
-                fix_cpu_expand=fix,
-            )[0]
-        return found[key]
+    def get(arch, method, temperatures, fix=True):
+        return tables[(arch, method, tuple(temperatures), fix)]
 
     return get
 
@@ -184,7 +195,7 @@ def estimate(world, greedy_draft: bool, arch: str = "eagle3") -> tuple[float, fl
 @pytest.mark.parametrize("arch", ["eagle3", "medusa", "draft_lm"])
 def test_served_t0_equals_the_replay_where_continuations_agree(world, served, arch):
     if arch in ("eagle3", "draft_lm"):  # the engine the T=1 tests use too
-        df = served(arch, "probabilistic", [0, 1], samples=SAMPLES)
+        df = served(arch, "probabilistic", [0, 1])
     else:
         df = served(arch, None, [0])
     df = df[df["temperature"] == 0]
@@ -206,7 +217,7 @@ def test_served_t1_agrees_with_the_estimate_of_its_draft_sampling(world, served,
     ``greedy`` against the same estimator scoring the greedy rule; both with our stand-in for
     vLLM 0.32's broken CPU expand kernel (docs/vllm-t1.md)."""
     temps = [0, 1] if method == "probabilistic" else [1]
-    df = served("eagle3", method, temps, samples=SAMPLES)
+    df = served("eagle3", method, temps)
     tau, se = served_tau(df[df["temperature"] == 1])
     est, est_se = estimate(world, greedy_draft=method == "greedy")
     print(f"\nT=1 {method}: served {tau:.3f} ± {se:.3f}, estimate {est:.3f} ± {est_se:.3f}")
@@ -218,10 +229,8 @@ def test_vllm_cpu_t1_collapses_without_the_fix(world, served):
     """The documented cause (docs/vllm-t1.md): vLLM 0.32's CPU rejection sampler divides the
     target's draft-position logits by an unwritten temperature buffer. When a vLLM release
     fixes it, this fails: drop the stand-in then."""
-    broken = served_tau(served("eagle3", "probabilistic", [1], fix=False, samples=SAMPLES))
-    fixed = served_tau(
-        served("eagle3", "probabilistic", [0, 1], samples=SAMPLES).query("temperature == 1")
-    )
+    broken = served_tau(served("eagle3", "probabilistic", [1], fix=False))
+    fixed = served_tau(served("eagle3", "probabilistic", [0, 1]).query("temperature == 1"))
     print(f"\nT=1 probabilistic: vLLM as shipped {broken[0]:.3f}, with the fix {fixed[0]:.3f}")
     assert broken[0] < fixed[0] - 3 * (broken[1] ** 2 + fixed[1] ** 2) ** 0.5
 
@@ -229,7 +238,7 @@ def test_vllm_cpu_t1_collapses_without_the_fix(world, served):
 def test_served_draft_model_t1_agrees_with_the_unbiased_estimate(world, served):
     """draft_lm served as vLLM's ``draft_model`` with exact speculative sampling: served τ
     agrees with its ``tau_unbiased`` (same stand-in for the CPU expand kernel)."""
-    df = served("draft_lm", "probabilistic", [0, 1], samples=SAMPLES)
+    df = served("draft_lm", "probabilistic", [0, 1])
     tau, se = served_tau(df[df["temperature"] == 1])
     est, est_se = estimate(world, greedy_draft=False, arch="draft_lm")
     print(f"\ndraft_lm T=1: served {tau:.3f} ± {se:.3f}, estimate {est:.3f} ± {est_se:.3f}")

@@ -57,8 +57,11 @@ def serve_env() -> dict[str, str]:
     return env
 
 
-def run_vllm(request: dict[str, Any], timeout: float = 1800.0, log: Path | None = None) -> dict:
-    """Run one request through the serving venv; its answer (``vllm_serve.serve``)."""
+def run_vllm(
+    request: dict[str, Any] | list[dict[str, Any]], timeout: float = 1800.0, log: Path | None = None
+) -> Any:
+    """Run a request through the serving venv; its answer (``vllm_serve.respond``). A list of
+    requests runs in one process, one engine after another, and is answered with a list."""
     python = serve_python()
     if python is None:
         raise FileNotFoundError(

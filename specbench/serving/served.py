@@ -97,6 +97,37 @@ def serve_draft(
     """Serve one draft on the prompts of every domain's eval cache (``caches``: domain → path;
     one engine for all) at every temperature: per-prompt rows (``domain`` column; cached
     continuation checks at T=0) and vLLM's answer (engine counters, timings)."""
+    setting = dict(locals())  # the arguments, as serve_drafts takes them
+    del setting["log"]
+    return serve_drafts([setting], log=log)[0]
+
+
+def serve_drafts(settings: list[dict], log: Path | None = None) -> list[tuple[pd.DataFrame, dict]]:
+    """:func:`serve_draft` for each of ``settings`` (its keyword arguments but ``log``), in one
+    vLLM process, one engine after another: vLLM is imported once."""
+    with tempfile.TemporaryDirectory(prefix="specbench-export-") as tmp:
+        found = [request(Path(tmp) / str(i), **s) for i, s in enumerate(settings)]
+        answers = run_vllm([req for req, _ in found], log=log)
+    return [table(answer, prompts) for (_, prompts), answer in zip(found, answers, strict=True)]
+
+
+def request(
+    folder: Path,
+    draft_dir: str | Path,
+    arch: str,
+    target: str,
+    caches: dict[str, str | Path],
+    k: int,
+    new_tokens: int,
+    temperatures: list[float],
+    seed: int = 0,
+    draft_sample_method: str | None = None,
+    samples: int = 1,
+    ignore_eos: bool = False,
+    fix_cpu_expand: bool = False,
+) -> tuple[dict, dict]:
+    """The draft exported under ``folder`` and vLLM's request for it; with the prompts'
+    domains, indices and cached continuations, which :func:`table` pairs the answer with."""
     domains, indices, prompts, cached, vocab = [], [], [], [], None
     for domain, path in caches.items():
         cache = FeatureCache(path)
@@ -106,30 +137,33 @@ def serve_draft(
         vocab = cache.draft_to_target if vocab is None else vocab
         if not torch.equal(vocab, cache.draft_to_target):
             raise ValueError(f"{path}: another draft vocabulary than the other domains' caches")
-    with tempfile.TemporaryDirectory(prefix="specbench-export-") as tmp:
-        exported = export_for_vllm(Path(draft_dir), arch, target, vocab, Path(tmp) / "d", k)
-        request = {
-            "target": str(Path(target).resolve()),
-            "draft": str(exported),
-            "method": SERVED[arch][0],
-            "k": k,
-            "draft_sample_method": draft_sample_method,
-            "prompts": prompts,
-            "max_new_tokens": new_tokens,
-            "temperatures": list(temperatures),
-            "seed": seed,
-            "samples": samples,
-            "ignore_eos": ignore_eos,
-            "fix_cpu_expand": fix_cpu_expand,
-        }
-        answer = run_vllm(request, log=log)
-    table = []
+    exported = export_for_vllm(Path(draft_dir), arch, target, vocab, folder, k)
+    req = {
+        "target": str(Path(target).resolve()),
+        "draft": str(exported),
+        "method": SERVED[arch][0],
+        "k": k,
+        "draft_sample_method": draft_sample_method,
+        "prompts": prompts,
+        "max_new_tokens": new_tokens,
+        "temperatures": list(temperatures),
+        "seed": seed,
+        "samples": samples,
+        "ignore_eos": ignore_eos,
+        "fix_cpu_expand": fix_cpu_expand,
+    }
+    return req, {"domains": domains, "indices": indices, "cached": cached, "k": k}
+
+
+def table(answer: dict, prompts: dict) -> tuple[pd.DataFrame, dict]:
+    """Per-prompt rows of every temperature's run in ``answer`` (and ``answer`` itself)."""
+    out = []
     for run in answer["runs"]:
         t = run["temperature"]
-        found = served_prompts(run, indices, k)
-        part = rows(found, t, cached if t == 0 else None)
-        table += [{"domain": d, **row} for d, row in zip(domains, part, strict=True)]
-    return pd.DataFrame(table), answer
+        found = served_prompts(run, prompts["indices"], prompts["k"])
+        part = rows(found, t, prompts["cached"] if t == 0 else None)
+        out += [{"domain": d, **row} for d, row in zip(prompts["domains"], part, strict=True)]
+    return pd.DataFrame(out), answer
 
 
 def served_tau(df: pd.DataFrame) -> tuple[float, float]:
