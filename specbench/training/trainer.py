@@ -344,14 +344,13 @@ def train_group(
     """
     rank, world = rank_and_world()
     device = torch.device(device) if device is not None else members[0].draft.device
-    s = train
     pool = list(range(len(source))) if sequences is None else list(sequences)
-    schedule = BatchSchedule(pool, s.batch_size, s.data_seed)
-    size = s.micro_batch_size or s.batch_size
-    n_parts = s.batch_size // size
+    schedule = BatchSchedule(pool, train.batch_size, train.data_seed)
+    size = train.micro_batch_size or train.batch_size
+    n_parts = train.batch_size // size
     if n_parts % world:
         raise ValueError(
-            f"{n_parts} micro-batches per step (train.batch_size {s.batch_size} / "
+            f"{n_parts} micro-batches per step (train.batch_size {train.batch_size} / "
             f"micro_batch_size {size}) cannot be shared evenly by {world} ranks"
         )
     vocab = source.draft_to_target
@@ -359,7 +358,7 @@ def train_group(
         target_to_draft_map(vocab, members[0].draft.info.vocab_size).to(device) if members else None
     )
     response_tokens = source.response_tokens()
-    precision = choose_precision(s.autocast, device)
+    precision = choose_precision(train.autocast, device)
     log(str(precision))
     autocast = precision.dtype
     names = gather_lists([m.name for m in members])
@@ -385,7 +384,7 @@ def train_group(
                     share = len(parts[p]) / len(idx)
                     loss, a = micro_step(
                         m.draft, m.loss_fn, batch, m.k, t2d, micro_generator(m.seed, step, p),
-                        share, s.out_of_vocab == "drop", autocast,
+                        share, train.out_of_vocab == "drop", autocast,
                     )  # fmt: skip
                     parts_loss[m.name].append((loss, share))
                     alphas[m.name] = alphas[m.name] + a
@@ -393,9 +392,9 @@ def train_group(
             lines, tokens = [], int(response_tokens[idx].sum())
             for m in active:
                 loss = sum(float(x) * share for x, share in parts_loss[m.name])  # one sync a step
-                lr = cosine_lr(step, steps, s.warmup_steps, m.lr)
+                lr = cosine_lr(step, steps, train.warmup_steps, m.lr)
                 record = {"step": step, "loss": loss, "lr": lr, "tokens": tokens}
-                if stopped := optimizer_step(m, alphas[m.name], record, s.grad_clip, t0):
+                if stopped := optimizer_step(m, alphas[m.name], record, train.grad_clip, t0):
                     lines.append(stopped)
             if step % max(1, steps // 10) == 0 or step == steps - 1:
                 done = progress(step + 1 - first, steps - first, time.perf_counter() - t0, "steps")
@@ -416,7 +415,7 @@ def train_group(
                 if ckpt:
                     ckpt.save(step + 1, members)
                 raise Preempted(signame, step + 1, saved=ckpt is not None)
-            every = s.checkpoint_every
+            every = train.checkpoint_every
             if ckpt and every and (step + 1) % every == 0 and step + 1 < steps:
                 ckpt.save(step + 1, members)
     if ckpt:  # the whole group trained: a restart goes straight to writing the drafts
