@@ -51,13 +51,14 @@ paper: $(STAMP)
 dry: $(STAMP)
 	$(VENV)/bin/snakemake -n --configfile $(CONFIG)
 
-# the serving venv too, so the `served` tests run (+175 s install, 3.5 GB; the tests 114-166 s)
+# the serving venv too, so the `served` tests run (+175 s install, 3.5 GB; the served tests ~60 s)
 # pytest-xdist on TEST_WORKERS workers (--dist loadgroup): the modules that share the smoke run,
 # the local SLURM cluster, a vLLM engine or the planner's table carry xdist_group marks and run
-# on one worker each, the long ones first (tests/conftest.py). 3 workers on 2 cores: the SLURM
-# group spends most of its time waiting on the scheduler, and its worker would idle a core.
-# TEST_WORKERS=0: one process
-TEST_WORKERS ?= 3
+# on one worker each, the long ones first (tests/conftest.py). One worker more than the cores
+# this process may use (3 on 2 cores; at most 8): the SLURM group spends most of its time
+# waiting on the scheduler, and its worker would idle a core. Each worker runs one OpenMP
+# thread (tests/conftest.py). TEST_WORKERS=0: one process
+TEST_WORKERS ?= $(shell python3 -c "import os; print(min(len(os.sched_getaffinity(0)) + 1, 8))")
 test: $(STAMP) $(SERVE_STAMP)
 	$(PY) -m pytest -q -ra $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
