@@ -31,7 +31,7 @@ from specbench.drafts import build_draft
 from specbench.features.cache import FeatureCache, Sequence, save_cache
 from specbench.losses import build as build_loss
 from specbench.serving.client import serve_python
-from specbench.serving.served import serve_drafts, served_tau
+from specbench.serving.served import Serving, serve_drafts, served_tau
 from specbench.targets.featurize import compute_features
 from specbench.targets.info import target_info_from_model
 from specbench.targets.runner import TargetRunner
@@ -160,7 +160,7 @@ ENGINES = [
 def served(world):
     """vLLM's per-prompt counters of every setting in ENGINES: one process, one engine each."""
     settings = [
-        dict(
+        Serving(
             draft_dir=world["root"] / arch,
             arch=arch,
             target=str(world["root"] / "target"),

@@ -10,7 +10,9 @@ where the two continuations are identical (SPEC §4, "Served τ").
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -79,57 +81,48 @@ def rows(
     return out
 
 
-def serve_draft(
-    draft_dir: str | Path,
-    arch: str,
-    target: str,
-    caches: dict[str, str | Path],
-    k: int,
-    new_tokens: int,
-    temperatures: list[float],
-    seed: int = 0,
-    draft_sample_method: str | None = None,
-    samples: int = 1,
-    log: Path | None = None,
-    ignore_eos: bool = False,
-    fix_cpu_expand: bool = False,
-) -> tuple[pd.DataFrame, dict]:
-    """Serve one draft on the prompts of every domain's eval cache (``caches``: domain → path;
-    one engine for all) at every temperature: per-prompt rows (``domain`` column; cached
-    continuation checks at T=0) and vLLM's answer (engine counters, timings)."""
-    setting = dict(locals())  # the arguments, as serve_drafts takes them
-    del setting["log"]
-    return serve_drafts([setting], log=log)[0]
+@dataclass(frozen=True)
+class Serving:
+    """One engine's worth of serving: a trained draft with its target on the prompts of every
+    domain's eval cache (``caches``: domain → path) at every temperature."""
+
+    draft_dir: str | Path
+    arch: str
+    target: str
+    caches: dict[str, str | Path]
+    k: int
+    new_tokens: int
+    temperatures: list[float]
+    seed: int = 0
+    draft_sample_method: str | None = None  # vLLM's default where None
+    samples: int = 1  # per prompt at T > 0
+    ignore_eos: bool = False
+    fix_cpu_expand: bool = False  # our stand-in for vLLM 0.32's CPU kernel (docs/vllm-t1.md)
 
 
-def serve_drafts(settings: list[dict], log: Path | None = None) -> list[tuple[pd.DataFrame, dict]]:
-    """:func:`serve_draft` for each of ``settings`` (its keyword arguments but ``log``), in one
-    vLLM process, one engine after another: vLLM is imported once."""
+def serve_draft(*args: Any, log: Path | None = None, **kwargs: Any) -> tuple[pd.DataFrame, dict]:
+    """Serve one draft (:class:`Serving`'s fields, in order or by name; one engine for every
+    domain): per-prompt rows (``domain`` column; cached continuation checks at T=0) and
+    vLLM's answer (engine counters, timings)."""
+    return serve_drafts([Serving(*args, **kwargs)], log=log)[0]
+
+
+def serve_drafts(
+    settings: list[Serving], log: Path | None = None
+) -> list[tuple[pd.DataFrame, dict]]:
+    """:func:`serve_draft` for each of ``settings``, in one vLLM process, one engine after
+    another: vLLM is imported once."""
     with tempfile.TemporaryDirectory(prefix="specbench-export-") as tmp:
-        found = [request(Path(tmp) / str(i), **s) for i, s in enumerate(settings)]
+        found = [request(Path(tmp) / str(i), s) for i, s in enumerate(settings)]
         answers = run_vllm([req for req, _ in found], log=log)
     return [table(answer, prompts) for (_, prompts), answer in zip(found, answers, strict=True)]
 
 
-def request(
-    folder: Path,
-    draft_dir: str | Path,
-    arch: str,
-    target: str,
-    caches: dict[str, str | Path],
-    k: int,
-    new_tokens: int,
-    temperatures: list[float],
-    seed: int = 0,
-    draft_sample_method: str | None = None,
-    samples: int = 1,
-    ignore_eos: bool = False,
-    fix_cpu_expand: bool = False,
-) -> tuple[dict, dict]:
+def request(folder: Path, s: Serving) -> tuple[dict, dict]:
     """The draft exported under ``folder`` and vLLM's request for it; with the prompts'
     domains, indices and cached continuations, which :func:`table` pairs the answer with."""
     domains, indices, prompts, cached, vocab = [], [], [], [], None
-    for domain, path in caches.items():
+    for domain, path in s.caches.items():
         cache = FeatureCache(path)
         found = cache_prompts(cache)
         domains += [domain] * len(found[0])
@@ -137,22 +130,22 @@ def request(
         vocab = cache.draft_to_target if vocab is None else vocab
         if not torch.equal(vocab, cache.draft_to_target):
             raise ValueError(f"{path}: another draft vocabulary than the other domains' caches")
-    exported = export_for_vllm(Path(draft_dir), arch, target, vocab, folder, k)
+    exported = export_for_vllm(Path(s.draft_dir), s.arch, s.target, vocab, folder, s.k)
     req = {
-        "target": str(Path(target).resolve()),
+        "target": str(Path(s.target).resolve()),
         "draft": str(exported),
-        "method": SERVED[arch][0],
-        "k": k,
-        "draft_sample_method": draft_sample_method,
+        "method": SERVED[s.arch][0],
+        "k": s.k,
+        "draft_sample_method": s.draft_sample_method,
         "prompts": prompts,
-        "max_new_tokens": new_tokens,
-        "temperatures": list(temperatures),
-        "seed": seed,
-        "samples": samples,
-        "ignore_eos": ignore_eos,
-        "fix_cpu_expand": fix_cpu_expand,
+        "max_new_tokens": s.new_tokens,
+        "temperatures": list(s.temperatures),
+        "seed": s.seed,
+        "samples": s.samples,
+        "ignore_eos": s.ignore_eos,
+        "fix_cpu_expand": s.fix_cpu_expand,
     }
-    return req, {"domains": domains, "indices": indices, "cached": cached, "k": k}
+    return req, {"domains": domains, "indices": indices, "cached": cached, "k": s.k}
 
 
 def table(answer: dict, prompts: dict) -> tuple[pd.DataFrame, dict]:
