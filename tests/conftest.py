@@ -7,8 +7,8 @@ import os
 
 # Under pytest-xdist (`make test`: 3 workers on 2 cores) each test process, and every process
 # it starts (Snakemake jobs, ranks, vLLM), runs one OpenMP thread: with more, the threads of
-# oversubscribed cores spin at OpenMP barriers waiting for each other. Measured on the 2-core
-# AVX2 machine, the whole suite: 15 min 46 s and 1,361 CPU-s -> 14 min 0 s and 1,155 CPU-s.
+# oversubscribed cores spin at OpenMP barriers waiting for each other. Measured on a 2-core
+# EPYC with AVX512-BF16, the whole suite: 15 min 46 s and 1,361 CPU-s -> 14 min 0 s and 1,155 CPU-s.
 # Set before torch is imported (it reads the variable then); a value already set is kept
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
